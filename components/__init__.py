@@ -1,0 +1,1 @@
+"""The SimCLR pipeline library: pure, typed building blocks (no Prefect)."""

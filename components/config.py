@@ -1,0 +1,319 @@
+"""Typed pipeline configuration, loaded from ``params.yaml`` (DVC's params file).
+
+One file holds every setting; presets (``presets/<name>.yaml``) and ``key.path=value``
+overrides are merged on top before validation. Validation fails before any work with a
+:class:`ConfigError` whose message names the offending key (``pretrain.batch_size: ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from components.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------- data
+SourceKind = Literal["idx", "digits", "image_folder", "cifar"]
+
+
+class SourceConfig(_Section):
+    """Where a data set comes from. ``path`` may be a local folder or an ``s3://bucket/prefix``."""
+
+    kind: SourceKind = "idx"
+    path: str | None = "/usr/share/datasets/fashion-mnist"
+    name: str = "fashion-mnist"
+    classes: list[str] | None = None  # class names for sources that carry only integer labels
+    image_size: int | None = None  # resize (square) for image folders; None keeps the source size
+    channels: Literal[1, 3] | None = None  # None keeps the source channels
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used only when the source has no split
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> SourceConfig:
+        if self.kind != "digits" and not self.path:
+            raise ValueError(f"source kind {self.kind!r} needs a path")
+        return self
+
+
+class DataConfig(_Section):
+    source: SourceConfig = SourceConfig()
+    transfer: list[SourceConfig] = Field(
+        default_factory=lambda: [SourceConfig(kind="digits", path=None, name="digits")]
+    )
+    shard_size: int = Field(10_000, gt=0)  # images per memory-mappable shard
+    split_seed: int = 0
+
+
+class SubsetsConfig(_Section):
+    """Class-balanced label subsets of the training split (fractions of the whole split)."""
+
+    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1])
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        for fraction in value:
+            if not 0.0 < fraction <= 1.0:
+                raise ValueError(f"fraction {fraction} is not in (0, 1]")
+        return value
+
+
+# ----------------------------------------------------------------------------- model
+class AugmentConfig(_Section):
+    """SimCLR view generation (paper, appendix A)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    color_strength: float = Field(0.5, ge=0.0)
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur: Literal["auto", "on", "off"] = "auto"  # auto: off for images of 32 px and less
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> AugmentConfig:
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must satisfy 0 < low <= high, got {(low, high)}")
+        if self.crop_scale[1] > 1.0:
+            raise ValueError("crop_scale upper bound must be <= 1")
+        return self
+
+
+class ModelConfig(_Section):
+    """Encoder f (ResNet family) and projection head g."""
+
+    arch: Literal["small", "resnet18", "resnet34", "resnet50"] = "small"
+    width: float = Field(1.0, gt=0.0)
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # auto: CIFAR stem for images <= 64 px
+    head_layers: Literal[2, 3] = 2
+    head_hidden_dim: int | None = None  # None: the representation size
+    projection_dim: int = Field(128, gt=0)
+
+
+class OptimConfig(_Section):
+    """LARS + linear warm-up + cosine decay; lr = base_lr x B/256 (linear) or x sqrt(B) (sqrt)."""
+
+    name: Literal["lars", "sgd"] = "lars"
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
+    base_lr: float = Field(0.3, gt=0.0)  # 0.3 for linear, 0.075 for sqrt in the paper
+    weight_decay: float = Field(1e-6, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    trust_coefficient: float = Field(0.001, gt=0.0)
+    warmup_epochs: float = Field(10, ge=0.0)
+
+
+class PretrainConfig(_Section):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(512, gt=1)  # global batch, split evenly over workers
+    temperature: float = Field(0.5, gt=0.0)
+    max_images: int | None = Field(None, gt=0)  # cap the training images (quick runs)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    checkpoint_every: int = Field(1, gt=0)  # epochs
+    knn_every: int = Field(5, ge=0)  # epochs; 0 disables the kNN monitor
+    knn_k: int = Field(200, gt=0)
+    knn_images: int = Field(2000, gt=0)  # labelled images used by the kNN monitor
+    threads_per_worker: int | None = None  # torch intra-op threads; None: cpus_per_worker
+    optim: OptimConfig = OptimConfig()
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local instance
+    num_workers: int = Field(2, gt=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(2, ge=0)
+    storage_path: str = "checkpoints"  # local folder or s3://bucket/prefix, outside DVC outs
+
+
+# ----------------------------------------------------------------------------- evaluation
+class LinearEvalConfig(_Section):
+    """Multinomial logistic regression on frozen features; L2 strength picked on a val split."""
+
+    l2_grid: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    epochs: int = Field(100, gt=0)
+    max_train_images: int | None = Field(None, gt=0)
+
+
+class FinetuneConfig(_Section):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(0.05, gt=0.0)
+    head_lr: float | None = None  # None: same as lr
+    weight_decay: float = Field(5e-4, ge=0.0)
+    augment: bool = True  # crop + flip while fine-tuning
+
+
+class KnnConfig(_Section):
+    k: int = Field(200, gt=0)
+    temperature: float = Field(0.1, gt=0.0)
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(512, gt=0)  # feature extraction
+    linear: LinearEvalConfig = LinearEvalConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    knn: KnnConfig = KnnConfig()
+    supervised_full_epochs: int = Field(10, gt=0)  # the 100%-labels supervised baseline
+
+
+# ----------------------------------------------------------------------------- tracking
+class TrackingConfig(_Section):
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db
+    experiment: str = "simclr"
+    system_metrics: bool = False
+
+
+class GateConfig(_Section):
+    """A challenger becomes champion only if it clears every threshold."""
+
+    metric: str = "linear_top1"
+    min_value: float = 0.0
+    min_improvement: float = 0.0  # over the current champion's value of ``metric``
+    max_transfer_drop: float = 0.05  # no transfer_* metric may fall further below the champion's
+
+
+class RegistryConfig(_Section):
+    model_name: str = "simclr-encoder"
+    gate: GateConfig = GateConfig()
+
+
+# ----------------------------------------------------------------------------- top level
+class PathsConfig(_Section):
+    data: str = "data"  # canonical data sets and subsets (DVC outs)
+    outputs: str = "outputs"  # models, metrics, plots (DVC outs)
+
+
+class PipelineConfig(_Section):
+    seed: int = 0
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    subsets: SubsetsConfig = SubsetsConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    ray: RayConfig = RayConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """The config as ``{"pretrain.optim.base_lr": 0.3, ...}`` (for MLflow params)."""
+        return flatten(self.model_dump(mode="json"))
+
+    def digest(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none are named)."""
+        dumped = self.model_dump(mode="json")
+        chosen = {name: dumped[name] for name in sections} if sections else dumped
+        blob = json.dumps(chosen, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"pretrain.optim.base_lr=0.1"`` -> ``{"pretrain": {"optim": {"base_lr": 0.1}}}``.
+
+    The value is parsed as YAML, so numbers, booleans, lists and ``null`` work.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: value {raw!r} is not valid YAML ({err})") from err
+    tree: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        tree = {part: tree}
+    return tree
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return loaded
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "<root>"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def preset_path(name_or_path: str, root: Path) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate if candidate.is_absolute() else root / candidate
+    return root / "presets" / f"{name_or_path}.yaml"
+
+
+def load_config(
+    params: str | Path = "params.yaml",
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+) -> PipelineConfig:
+    """Read ``params``, merge a preset (name under ``presets/`` or a YAML path) and overrides."""
+    params = Path(params)
+    raw = _read_yaml(params)
+    if preset:
+        raw = deep_merge(raw, _read_yaml(preset_path(preset, params.resolve().parent)))
+    for override in overrides or []:
+        raw = deep_merge(raw, parse_override(override))
+    return config_from_dict(raw)

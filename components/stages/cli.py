@@ -1,0 +1,98 @@
+"""``simclr``: run one stage (as ``dvc repro`` does) or inspect the configuration.
+
+    simclr ingest   [--params params.yaml] [--preset tiny] [--set pretrain.epochs=2 ...]
+    simclr params   [--preset tiny]          # the merged, validated configuration as YAML
+
+A :class:`~components.errors.PipelineError` (bad config, bad data, registry refusal) prints one
+``error: ...`` line and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import yaml
+
+from components.config import PipelineConfig, load_config
+from components.errors import PipelineError
+from components.stages.catalog import STAGES, stage_function
+
+EXIT_BAD_INPUT = 2
+Command = Callable[[argparse.Namespace, PipelineConfig], int]
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--preset", default=None,
+                        help="preset name under presets/ or a YAML file merged over the params")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set pretrain.epochs=2 (repeatable)")
+
+
+def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.tracking.runs import tracked_stage
+
+    result = tracked_stage(cfg, args.command, stage_function(args.command))
+    if result.metrics:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _print_params(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+STAGE_HELP = {
+    "ingest": "turn the configured source (and transfer sources) into canonical data sets",
+    "subsets": "write the class-balanced, seeded label subsets of the training split",
+}
+
+
+def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]
+                 | None = None) -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    parser = argparse.ArgumentParser(prog="simclr", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers: dict[str, Command] = {}
+    for name in STAGES:
+        sub = commands.add_parser(name, help=STAGE_HELP.get(name, f"run the {name} stage"))
+        _add_config_arguments(sub)
+        handlers[name] = _run_stage
+    sub = commands.add_parser("params", help="print the merged, validated configuration")
+    _add_config_arguments(sub)
+    handlers["params"] = _print_params
+    for name, (help_text, handler, add_arguments) in (extra or {}).items():
+        sub = commands.add_parser(name, help=help_text)
+        _add_config_arguments(sub)
+        add_arguments(sub)
+        handlers[name] = handler
+    return parser, handlers
+
+
+def extra_commands() -> dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]:
+    """Commands contributed by other modules (registry management, pipeline runs)."""
+    from components.tracking.commands import COMMANDS as tracking_commands
+
+    return dict(tracking_commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = build_parser(extra_commands())
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.params, args.preset, args.overrides)
+        return handlers[args.command](args, cfg)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Placeholder until MLflow tracking lands: no registry commands yet."""
+
+COMMANDS: dict = {}

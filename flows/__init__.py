@@ -1,0 +1,1 @@
+"""Prefect flows wiring the stages of components.stages."""
