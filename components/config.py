@@ -78,7 +78,7 @@ class AugmentConfig(_Section):
     color_strength: float = Field(0.5, ge=0.0)
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
-    blur: Literal["auto", "on", "off"] = "auto"  # auto: off for images of 32 px and less
+    blur: bool | Literal["auto"] = "auto"  # auto: off for images of 32 px and less
     blur_p: float = Field(0.5, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 

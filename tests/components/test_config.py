@@ -1,0 +1,102 @@
+"""The params file validates into typed objects; every bad key, type or value is named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import PipelineConfig, load_config, parse_override
+from components.errors import ConfigError
+from components.stages.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_and_presets_validate():
+    cfg = load_config(ROOT / "params.yaml")
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.data.source.kind == "idx" and cfg.ray.num_workers == 2
+    for preset in sorted((ROOT / "presets").glob("*.yaml")):
+        assert isinstance(load_config(ROOT / "params.yaml", preset.stem), PipelineConfig)
+
+
+def test_preset_and_overrides_merge_in_order():
+    cfg = load_config(ROOT / "params.yaml", "tiny", ["pretrain.epochs=3", "model.width=0.5"])
+    assert cfg.pretrain.epochs == 3  # override beats preset
+    assert cfg.pretrain.batch_size == 64  # preset beats params.yaml
+    assert cfg.model.width == 0.5
+    assert cfg.pretrain.optim.lr_scaling == "linear"  # untouched key keeps its params.yaml value
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=0.1") == {"a": {"b": 0.1}}
+    assert parse_override("x=[1, 2]") == {"x": [1, 2]}
+    assert parse_override("y=null") == {"y": None}
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override("no-equals-sign")
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("pretrain.batch_sise=64", "pretrain.batch_sise: unknown key"),
+        ("pretrain.batch_size=abc", "pretrain.batch_size"),
+        ("pretrain.batch_size=1", "pretrain.batch_size"),
+        ("subsets.fractions=[0.0]", "subsets.fractions"),
+        ("augment.crop_scale=[0.9, 0.1]", "crop_scale"),
+        ("model.arch=resnet99", "model.arch"),
+        ("data.source.kind=tarball", "data.source.kind"),
+        ("ray.num_workers=0", "ray.num_workers"),
+    ],
+)
+def test_bad_values_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[")):
+        load_config(ROOT / "params.yaml", overrides=[override])
+
+
+def test_missing_or_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("pretrain: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(ROOT / "params.yaml", preset="no-such-preset")
+
+
+def test_flat_and_digest():
+    cfg = load_config(ROOT / "params.yaml")
+    flat = cfg.flat()
+    assert flat["pretrain.optim.base_lr"] == cfg.pretrain.optim.base_lr
+    other = load_config(ROOT / "params.yaml", overrides=["pretrain.epochs=7"])
+    assert cfg.digest("pretrain") != other.digest("pretrain")
+    assert cfg.digest("data") == other.digest("data")
+
+
+def test_cli_rejects_bad_config_with_exit_2(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"pretrain": {"epochs": -1}}))
+    assert main(["params", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pretrain.epochs" in err
+
+
+def test_cli_params_prints_merged_config(capsys):
+    assert main(["params", "--params", str(ROOT / "params.yaml"), "--preset", "tiny"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["pretrain"]["epochs"] == 2
+
+
+def test_every_subcommand_has_help(capsys):
+    from components.stages.cli import build_parser, extra_commands
+
+    parser, handlers = build_parser(extra_commands())
+    for name in handlers:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: simclr" in capsys.readouterr().out
