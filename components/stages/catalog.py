@@ -13,6 +13,7 @@ StageFn = Callable[[PipelineConfig], StageResult]
 STAGES: dict[str, str] = {
     "ingest": "components.stages.ingest:run",
     "subsets": "components.stages.subsets:run",
+    "pretrain": "components.stages.pretrain:run",
 }
 
 
