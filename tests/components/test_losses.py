@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from components.losses import nt_xent, nt_xent_with_accuracy
+from components.optim import LARS, WarmupCosine, param_groups
 
 
 def reference_nt_xent(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, float]:
@@ -119,6 +121,19 @@ def _loss_and_grads(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, ta
     return loss.detach(), acc, [p.grad.clone() for p in net.parameters()]
 
 
+def _train(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, tau: float):
+    """A few LARS steps with warm-up; both views in one forward pass, as the train step does."""
+    opt = LARS(param_groups(net, 1e-4), lr=1.0, momentum=0.9, trust_coefficient=0.01)
+    sched = WarmupCosine(peak_lr=1.0, warmup_steps=2, total_steps=5)
+    for step in range(4):
+        sched.apply(opt, step)
+        z1, z2 = net(torch.cat([x1, x2])).chunk(2)
+        opt.zero_grad()
+        nt_xent(z1, z2, tau).backward()
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()]
+
+
 def _worker(rank: int, port: int, out: str, tau: float) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -132,15 +147,20 @@ def _worker(rank: int, port: int, out: str, tau: float) -> None:
         for grad in grads:  # what DistributedDataParallel does with parameter gradients
             dist.all_reduce(grad)
             grad /= WORLD
-        torch.save({"loss": loss, "acc": acc, "grads": grads}, f"{out}/rank{rank}.pt")
+        params = _train(DistributedDataParallel(_net()), x1[part], x2[part], tau)
+        torch.save(
+            {"loss": loss, "acc": acc, "grads": grads, "params": params}, f"{out}/rank{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("tau", [0.5, 0.05])
 def test_two_gloo_workers_equal_one_worker_with_the_full_batch(tmp_path, tau: float) -> None:
+    """Loss, DDP-averaged gradients, and parameters after 4 LARS steps under real DDP."""
     x1, x2 = _views()
     want_loss, want_acc, want_grads = _loss_and_grads(_net(), x1, x2, tau)
+    want_params = _train(_net(), x1, x2, tau)
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), tau), nprocs=WORLD, join=True)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -148,3 +168,6 @@ def test_two_gloo_workers_equal_one_worker_with_the_full_batch(tmp_path, tau: fl
         assert got["acc"].item() == pytest.approx(want_acc.item())
         for have, want in zip(got["grads"], want_grads, strict=True):
             torch.testing.assert_close(have, want, rtol=0, atol=1e-6)
+        for have, want, start in zip(got["params"], want_params, _net().parameters(), strict=True):
+            torch.testing.assert_close(have, want, rtol=0, atol=1e-6)
+            assert (have - start).abs().max() > 1e-3  # the steps did move the parameters
