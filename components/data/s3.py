@@ -1,0 +1,110 @@
+"""Reading a source stored under an S3 prefix (``s3://bucket/prefix``) with boto3.
+
+The client is a plain ``boto3.client("s3")``: endpoint, credentials and region come from
+the standard AWS chain (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``~/.aws/config``, ...).
+Objects are downloaded into a temporary folder that mirrors the prefix, and the local
+readers take it from there (disk, not memory, holds the copy).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from components.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
+          "AllAccessDisabled", "ExpiredToken", "InvalidToken"}
+
+
+def is_s3_url(path: str | None) -> bool:
+    return bool(path) and str(path).startswith("s3://")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b/")`` (prefix ends with "/" unless empty)."""
+    if not is_s3_url(url):
+        raise DataError(f"{url}: not an s3:// URL")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise DataError(f"{url}: no bucket in the S3 URL")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _explain(url: str, err: Exception) -> DataError:
+    from botocore.exceptions import ClientError
+
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        message = err.response.get("Error", {}).get("Message", "")
+        if code in ("NoSuchBucket", "404", "NoSuchKey"):
+            return DataError(f"{url}: bucket or key does not exist ({code})")
+        if code in DENIED:
+            return DataError(f"{url}: access denied ({code}: {message}); check the AWS "
+                             f"credentials and the bucket policy")
+        return DataError(f"{url}: S3 error {code}: {message}")
+    return DataError(f"{url}: cannot reach S3 ({type(err).__name__}: {err})")
+
+
+def _client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def list_objects(url: str) -> list[tuple[str, int]]:
+    """[(key, size)] of the objects under the prefix (folder markers skipped)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_s3_url(url)
+    objects: list[tuple[str, int]] = []
+    try:
+        pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            objects += [(o["Key"], int(o["Size"])) for o in page.get("Contents", [])
+                        if not o["Key"].endswith("/")]
+    except (ClientError, BotoCoreError) as err:
+        raise _explain(url, err) from err
+    if not objects:
+        raise DataError(f"{url}: no objects under this S3 prefix")
+    return objects
+
+
+def download_prefix(url: str, dest: Path) -> Path:
+    """Copy every object under ``url`` into ``dest`` (keeping relative paths); returns dest."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_s3_url(url)
+    objects = list_objects(url)
+    client = _client()
+    total = sum(size for _, size in objects)
+    log.info("%s: downloading %d objects (%.1f MB)", url, len(objects), total / 1e6)
+    for key, _ in objects:
+        relative = PurePosixPath(key[len(prefix):])
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise DataError(f"s3://{bucket}/{key}: key escapes the prefix {url}")
+        target = dest.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_file(bucket, key, str(target))
+        except (ClientError, BotoCoreError) as err:
+            raise _explain(f"s3://{bucket}/{key}", err) from err
+    return dest
+
+
+@contextmanager
+def local_copy(url: str) -> Iterator[Path]:
+    """A temporary local folder holding the objects under ``url``; removed on exit."""
+    folder = Path(tempfile.mkdtemp(prefix="simclr-s3-"))
+    try:
+        yield download_prefix(url, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
