@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "ingest": "components.stages.ingest:run",
     "subsets": "components.stages.subsets:run",
     "pretrain": "components.stages.pretrain:run",
+    "register": "components.stages.register:run",  # keep last: reads every outputs/*/metrics.json
 }
 
 

@@ -1,3 +1,93 @@
-"""Placeholder until MLflow tracking lands: no registry commands yet."""
+"""Registry and run-maintenance subcommands of ``simclr`` (wired in by ``components.stages.cli``).
 
-COMMANDS: dict = {}
+    simclr models                 # versions, aliases, headline metrics
+    simclr promote 3              # champion -> 3, old champion -> previous-champion
+    simclr rollback               # champion -> previous-champion
+    simclr sweep-runs [--older-than 86400]   # RUNNING runs of dead processes -> FAILED
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from components.config import PipelineConfig
+
+Handler = Callable[[argparse.Namespace, PipelineConfig], int]
+TABLE_METRICS = 4  # metric columns shown: the gate metric first, then the next few by name
+
+
+def _models(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.tracking.registry import list_versions
+    from components.tracking.runs import tracking_client
+
+    rows = list_versions(tracking_client(cfg)[0], cfg.registry.model_name)
+    print(format_table(rows, cfg.registry.gate.metric))
+    return 0
+
+
+def format_table(rows: list[dict], gate_metric: str) -> str:
+    """Plain-text table: version, aliases, the gate metric and a few others, git commit, run."""
+    names = sorted({k for row in rows for k in row["metrics"]})
+    chosen = ([gate_metric] if gate_metric in names else []) + \
+        [n for n in names if n != gate_metric and "." not in n][:TABLE_METRICS - 1]
+    header = ["version", "aliases", *chosen, "git", "run"]
+    lines = [header]
+    for row in rows:
+        lines.append([row["version"], ",".join(row["aliases"]) or "-",
+                      *(f"{row['metrics'][n]:.4f}" if n in row["metrics"] else "-" for n in chosen),
+                      row["git_commit"][:8] or "-", (row["run_id"] or "-")[:12]])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
+                     .rstrip() for line in lines)
+
+
+def _promote(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.tracking.registry import promote
+    from components.tracking.runs import tracking_client
+
+    old = promote(tracking_client(cfg)[0], cfg.registry.model_name, args.version)
+    print(f"{cfg.registry.model_name}: champion -> version {args.version}"
+          + (f" (previous-champion -> {old})" if old and old != args.version else ""))
+    return 0
+
+
+def _rollback(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.tracking.registry import rollback
+    from components.tracking.runs import tracking_client
+
+    version = rollback(tracking_client(cfg)[0], cfg.registry.model_name)
+    print(f"{cfg.registry.model_name}: champion rolled back to version {version}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.tracking.runs import sweep_stale_runs
+
+    swept = sweep_stale_runs(cfg, args.older_than)
+    print(f"marked {len(swept)} stale run(s) FAILED" + (": " + ", ".join(swept) if swept else ""))
+    return 0
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _version_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("version", help="model version number to make champion")
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--older-than", type=float, default=24 * 3600, metavar="SECONDS",
+                        help="sweep runs of other hosts older than this (default: %(default)s); "
+                             "runs of dead processes on this host are swept at any age")
+
+
+COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = {
+    "models": ("list the registered encoder's versions, aliases and metrics", _models,
+               _no_arguments),
+    "promote": ("make VERSION the champion (old champion -> previous-champion)", _promote,
+                _version_argument),
+    "rollback": ("move champion back to previous-champion", _rollback, _no_arguments),
+    "sweep-runs": ("mark RUNNING runs of killed processes as FAILED", _sweep, _sweep_arguments),
+}

@@ -1,0 +1,120 @@
+"""Stage ``register``: the pretrained encoder -> a new MLflow model version, gated promotion.
+
+Reads ``outputs/pretrain/encoder.pt`` (``save_encoder`` format) and every
+``outputs/<stage>/metrics.json``; logs the encoder (fine-tunable checkpoint copy + pt2 inference
+copy) into the stage's MLflow run, registers it under ``cfg.registry.model_name`` with the headline
+metrics and lineage as tags, points ``challenger`` at it, then applies the promotion gate
+(``cfg.registry.gate``): on a pass ``champion`` moves to it and the old champion becomes
+``previous-champion``; otherwise no alias but ``challenger`` changes and the reason is recorded.
+
+Unlike the other stages this one needs MLflow: it must run under
+:func:`components.tracking.runs.tracked_stage` (``simclr register`` or the Prefect flow).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+
+from components.config import PipelineConfig
+from components.errors import PipelineError
+from components.stages.common import StagePaths, StageResult
+from components.tracking.lineage import file_sha256, lineage_tags
+from components.tracking.registry import (
+    gate_and_promote,
+    log_encoder,
+    register_version,
+)
+from components.tracking.runs import tracking_client
+
+log = logging.getLogger(__name__)
+
+
+def collect_metrics(outputs: Path) -> dict[str, float]:
+    """Every number in ``outputs/*/metrics.json``; a name seen twice keeps the first (sorted by
+    stage) and the later one is kept as ``<stage>.<name>``."""
+    merged: dict[str, float] = {}
+    for path in sorted(outputs.glob("*/metrics.json")):
+        try:
+            content = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(content, dict):
+            raise PipelineError(f"{path}: expected a flat mapping of metric names to numbers")
+        for key, value in content.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name = key if key not in merged else f"{path.parent.name}.{key}"
+            merged[name] = float(value)
+    return merged
+
+
+def run(cfg: PipelineConfig) -> StageResult:
+    from components.models.checkpoint import load_encoder
+
+    active = mlflow.active_run()
+    if active is None:
+        raise PipelineError("stage register logs to MLflow: run it as `simclr register` "
+                            "(or through the pipeline flow), not as a bare function")
+    paths = StagePaths.of(cfg)
+    checkpoint = paths.stage_dir("pretrain") / "encoder.pt"
+    encoder, spec = load_encoder(checkpoint, expect=cfg.model)
+    metrics = collect_metrics(paths.outputs)
+    client, experiment_id = tracking_client(cfg)
+    name, gate = cfg.registry.model_name, cfg.registry.gate
+    run_id = active.info.run_id
+
+    encoder_sha = file_sha256(checkpoint)
+    pretrain_run = _pretrain_run_id(client, experiment_id, encoder_sha)
+    meta = spec.meta or {}
+    tags = {k: v for k, v in lineage_tags(cfg, Path.cwd()).items()
+            if k in ("git_commit", "git_dirty", "params_digest", "prefect_flow_run_id")
+            or k.startswith("data.")}
+    tags.update({
+        "encoder_sha256": encoder_sha,
+        "pretrain_run_id": pretrain_run or "",
+        "register_run_id": run_id,
+        "ray_run_name": str(meta.get("ray_run_name", "")),
+        "data_content_hash": str(meta.get("dataset_content_hash", "")),
+        "dataset": str(meta.get("dataset", "")),
+        "encoder_config_digest": str(meta.get("config_digest", "")),
+        "arch": spec.model.arch if hasattr(spec.model, "arch") else str(spec.model),
+        "feature_dim": str(getattr(encoder, "feature_dim", "")),
+        "input": f"float32 (B,{spec.in_channels},{spec.image_size},{spec.image_size}) in [0,1]",
+    })
+    headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)
+                         if k == gate.metric or k.startswith(("linear_", "finetune_", "transfer_")))
+    description = (f"SimCLR encoder ({tags['arch']}, {tags['feature_dim']}-d features) pretrained "
+                   f"by Ray run {tags['ray_run_name'] or '?'} at git {tags.get('git_commit', '?')[:12]}"
+                   f"; {headline or 'no evaluation metrics'}")
+
+    logged = log_encoder(checkpoint, encoder, spec.in_channels, spec.image_size)
+    version = register_version(client, name, logged, run_id, metrics, tags, description)
+    try:
+        decision = gate_and_promote(client, name, version, gate)
+    except BaseException:
+        client.delete_model_version(name, version)  # nothing half-registered is left behind
+        raise
+    client.set_model_version_tag(name, version, "gate", "passed" if decision.passed else "refused")
+    client.set_model_version_tag(name, version, "gate_reason", decision.reason)
+    verdict = "promoted to champion" if decision.passed else "kept as challenger"
+    log.info("register: %s version %s %s: %s", name, version, verdict, decision.reason)
+    return StageResult(
+        metrics={"promoted": float(decision.passed), "registered_version": float(version),
+                 **{f"candidate.{k}": v for k, v in metrics.items()}},
+        tags={"registered_model": name, "registered_version": version,
+              "gate": "passed" if decision.passed else "refused", "gate_reason": decision.reason,
+              "model_uri": logged.model_uri, "inference_model_uri": logged.inference_uri},
+    )
+
+
+def _pretrain_run_id(client: mlflow.MlflowClient, experiment_id: str, sha256: str) -> str | None:
+    """The newest FINISHED pretrain run that logged this exact encoder file."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`artifact_sha256.encoder.pt` = '{sha256}' and attributes.status = 'FINISHED'",
+        max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,265 @@
+"""The encoder in the MLflow model registry: log, register, move aliases, load back.
+
+Aliases (MLflow stages are deprecated): ``challenger`` is the newest registered version,
+``champion`` the one downstream code loads (``models:/simclr-encoder@champion``) and
+``previous-champion`` the one a rollback returns to.
+
+Each registered version is a pyfunc model whose artifact ``checkpoint`` is the encoder checkpoint
+in the project's own format (``components.models.checkpoint``: state dict + model config, loaded
+with ``torch.load(weights_only=True)``), so it loads back into an ``nn.Module`` that can be
+fine-tuned (:func:`load_encoder_from_registry`) and serves features through ``pyfunc`` with a
+signature. A second, code-free copy exported with ``torch.export`` (pt2) is logged next to it for
+serving only (its URI is the version tag ``inference_model_uri``); pt2 loads back without
+BatchNorm modules and cannot ``.train()``, so it is never the fine-tunable copy.
+
+Concurrency: every alias change runs under :func:`registry_lock`. For a local sqlite store that
+is an exclusive ``flock`` on ``<db>.registry-lock`` next to the database, so two registrations
+(threads or processes) serialise and the second sees the first's champion. For a remote server
+there is no shared lock: the champion is read, the decision made, the champion re-read just before
+the aliases move, and the whole step retried if it changed in between (compare-and-set by re-reading;
+a narrow window remains between that re-read and the alias write, documented in the README).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from torch import nn
+
+from components.config import GateConfig
+from components.errors import PipelineError
+from components.tracking.gate import GateDecision, evaluate_gate
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+METRIC_TAG = "metric."
+CHECKPOINT_ARTIFACT = "checkpoint"
+CAS_RETRIES = 5
+_THREAD_LOCK = threading.Lock()  # flock already excludes threads (one open file each); belt+braces
+
+
+# ----------------------------------------------------------------------------- pyfunc flavour
+class EncoderPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: float32 images (B, C, H, W) in [0, 1] -> features (B, feature_dim)."""
+
+    def load_context(self, context: Any) -> None:
+        from components.models.checkpoint import load_encoder
+
+        self.encoder, self.spec = load_encoder(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
+        self.encoder.eval()
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints
+        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            return self.encoder(images).numpy()
+
+
+@dataclass(frozen=True)
+class LoggedEncoder:
+    model_uri: str  # fine-tunable pyfunc copy (what gets registered)
+    model_id: str
+    inference_uri: str  # pt2 copy, serving only
+
+
+def log_encoder(checkpoint: Path, encoder: nn.Module, in_channels: int, image_size: int,
+                export_pt2: bool = True) -> LoggedEncoder:
+    """Log both copies of ``encoder`` into the calling thread's active MLflow run."""
+    example = np.random.default_rng(0).random((2, in_channels, image_size, image_size),
+                                              dtype=np.float32)
+    encoder.eval()
+    with torch.no_grad():
+        features = encoder(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, features)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                    "numpy"]
+    finetune = mlflow.pyfunc.log_model(
+        name="encoder", python_model=str(Path(__file__).with_name("encoder_model.py")),
+        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature,
+        input_example=example, pip_requirements=requirements)
+    inference_uri = ""
+    if export_pt2:
+        inference = mlflow.pytorch.log_model(
+            encoder, name="encoder-pt2", serialization_format="pt2", signature=signature,
+            input_example=example, pip_requirements=requirements)
+        inference_uri = inference.model_uri
+    return LoggedEncoder(finetune.model_uri, finetune.model_id, inference_uri)
+
+
+# ----------------------------------------------------------------------------- registry
+def register_version(client: MlflowClient, name: str, logged: LoggedEncoder, run_id: str,
+                     metrics: dict[str, float], tags: dict[str, str], description: str) -> str:
+    """Create a new version of ``name`` with metric and lineage tags; returns its version."""
+    try:
+        client.create_registered_model(name, description="SimCLR image encoder "
+                                                          "(float32 (B,C,H,W) in [0,1] -> features)")
+    except MlflowException as err:
+        if "ALREADY_EXISTS" not in str(err.error_code):
+            raise
+    all_tags = {**{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}, **tags}
+    if logged.inference_uri:
+        all_tags["inference_model_uri"] = logged.inference_uri
+    version = client.create_model_version(name, source=logged.model_uri, run_id=run_id,
+                                          tags=all_tags, description=description,
+                                          model_id=logged.model_id)
+    return str(version.version)
+
+
+def version_metrics(version: ModelVersion | None) -> dict[str, float] | None:
+    """The ``metric.*`` tags of a version as floats (None for no version)."""
+    if version is None:
+        return None
+    return {k[len(METRIC_TAG):]: float(v) for k, v in version.tags.items()
+            if k.startswith(METRIC_TAG)}
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+@contextmanager
+def registry_lock(client: MlflowClient) -> Iterator[None]:
+    """Exclusive lock for alias changes: a flock next to a local sqlite db, else none (see module)."""
+    uri = client._registry_uri if hasattr(client, "_registry_uri") else mlflow.get_registry_uri()
+    if not str(uri).startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(str(uri)[len("sqlite:///"):]).with_suffix(".registry-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def gate_and_promote(client: MlflowClient, name: str, version: str, gate: GateConfig
+                     ) -> GateDecision:
+    """Set ``challenger`` on ``version``; promote it to ``champion`` if it passes the gate."""
+    with registry_lock(client):
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        candidate = client.get_model_version(name, version)
+        for _ in range(CAS_RETRIES):
+            champion = alias_version(client, name, CHAMPION)
+            decision = evaluate_gate(gate, version_metrics(candidate) or {},
+                                     version_metrics(champion))
+            if not decision.passed:
+                return decision
+            if _move_champion(client, name, version, champion):
+                return decision
+            time.sleep(0.1)
+        raise PipelineError(f"registry {name}: champion kept changing while promoting version "
+                            f"{version}; retry the register stage")
+
+
+def promote(client: MlflowClient, name: str, version: str) -> str | None:
+    """Manual promotion: ``champion`` -> ``version``, the old champion -> ``previous-champion``.
+
+    Returns the old champion's version (None if there was none).
+    """
+    _require_version(client, name, version)
+    with registry_lock(client):
+        for _ in range(CAS_RETRIES):
+            champion = alias_version(client, name, CHAMPION)
+            if _move_champion(client, name, version, champion):
+                return None if champion is None else str(champion.version)
+        raise PipelineError(f"registry {name}: champion kept changing; retry")
+
+
+def rollback(client: MlflowClient, name: str) -> str:
+    """``champion`` back to ``previous-champion`` (which then names the demoted version)."""
+    previous = alias_version(client, name, PREVIOUS)
+    if previous is None:
+        raise PipelineError(f"registry {name}: no '{PREVIOUS}' alias to roll back to")
+    promote(client, name, str(previous.version))
+    return str(previous.version)
+
+
+def _move_champion(client: MlflowClient, name: str, version: str,
+                   expected: ModelVersion | None) -> bool:
+    """Compare-and-set: move the aliases only if the champion is still ``expected``."""
+    current = alias_version(client, name, CHAMPION)
+    if _version_of(current) != _version_of(expected):
+        return False
+    if _version_of(current) == version:
+        return True
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    return True
+
+
+def _version_of(version: ModelVersion | None) -> str | None:
+    return None if version is None else str(version.version)
+
+
+def _require_version(client: MlflowClient, name: str, version: str) -> None:
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as err:
+        raise PipelineError(f"registry {name}: no version {version}") from err
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """One row per version (newest first): version, aliases, metric tags, run id, creation time."""
+    aliases: dict[str, list[str]] = {}
+    try:
+        for alias in client.get_registered_model(name).aliases:
+            aliases.setdefault(str(alias.version), []).append(alias.alias)
+    except MlflowException as err:
+        raise PipelineError(f"registry: no registered model {name!r} (run the register stage)"
+                            ) from err
+    rows = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        rows.append({"version": str(version.version),
+                     "aliases": sorted(aliases.get(str(version.version), [])),
+                     "metrics": version_metrics(version) or {},
+                     "run_id": version.run_id, "created": version.creation_timestamp,
+                     "git_commit": version.tags.get("git_commit", "")})
+    return sorted(rows, key=lambda row: int(row["version"]), reverse=True)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_encoder_from_registry(model_uri: str = "models:/simclr-encoder@champion",
+                               tracking_uri: str | None = None) -> nn.Module:
+    """Download a registered encoder and rebuild it as a trainable ``nn.Module`` (in eval mode).
+
+    ``model_uri`` is any MLflow model URI: ``models:/<name>@<alias>``, ``models:/<name>/<version>``.
+    The module maps float32 (B, C, H, W) in [0, 1] to features (B, feature_dim); call ``.train()``
+    to fine-tune it. The checkpoint's spec (model config, channels, size, meta) is ``.spec``.
+    """
+    from components.models.checkpoint import load_encoder
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except MlflowException as err:
+        raise PipelineError(f"{model_uri}: cannot download from the registry ({err})") from err
+    found = sorted((local / "artifacts").glob("*.pt"))
+    if not found:
+        raise PipelineError(f"{model_uri}: no encoder checkpoint among its artifacts "
+                            "(not a model logged by the register stage)")
+    encoder, spec = load_encoder(found[0])
+    encoder.spec = spec  # type: ignore[assignment]
+    return encoder.eval()
