@@ -157,6 +157,8 @@ class FinetuneConfig(_Section):
     head_lr: float | None = None  # None: same as lr
     weight_decay: float = Field(5e-4, ge=0.0)
     augment: bool = True  # crop + flip while fine-tuning
+    min_steps: int = Field(0, ge=0)  # at least this many steps, however small the label set
+    monitor_images: int = Field(1000, gt=0)  # test images scored each epoch for the curve only
 
 
 class KnnConfig(_Section):
@@ -170,6 +172,10 @@ class EvaluateConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
     knn: KnnConfig = KnnConfig()
     supervised_full_epochs: int = Field(10, gt=0)  # the 100%-labels supervised baseline
+    transfer_finetune: bool = False  # also fine-tune (and train from scratch) on transfer sets
+    cache_dir: str = ".cache/features"  # frozen features, keyed by encoder + data hash; not a DVC out
+    embedding_method: Literal["tsne", "pca"] = "tsne"  # 2-D map of test features
+    embedding_points: int = Field(2000, gt=0)
 
 
 # ----------------------------------------------------------------------------- tracking
