@@ -64,6 +64,8 @@ def tracking_client(cfg: PipelineConfig) -> tuple[MlflowClient, str]:
     Also points MLflow's process-wide fluent API at the same store, for ``log_model``.
     """
     uri = resolve_tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

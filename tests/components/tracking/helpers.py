@@ -1,0 +1,91 @@
+"""Shared builders for tracking/registry tests: a throw-away project (git repo), tiny encoders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow import MlflowClient
+
+from components.config import PipelineConfig, config_from_dict
+from components.models.checkpoint import save_encoder
+from components.models.encoder import build_encoder
+from components.stages.common import StageResult
+from components.tracking.runs import tracked_stage
+
+IMAGE_SIZE, CHANNELS = 16, 1
+MODEL = {"arch": "small", "width": 0.25}
+
+
+def make_cfg(tracking_uri: str, **sections: Any) -> PipelineConfig:
+    raw: dict[str, Any] = {"model": MODEL, "tracking": {"tracking_uri": tracking_uri,
+                                                        "experiment": "test"}}
+    raw.update(sections)
+    return config_from_dict(raw)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def make_project(root: Path) -> Path:
+    """A git repo with params.yaml, dvc.lock and a data manifest committed; returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text("seed: 0\n")
+    (root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  ingest:\n    cmd: simclr ingest\n    outs:\n"
+        "    - path: data/datasets\n      md5: 0123456789abcdef.dir\n")
+    manifest = root / "data" / "datasets" / "fashion-mnist" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"name": "fashion-mnist", "content_hash": "c0ffee"}))
+    git(root, "init", "-q")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    return root
+
+
+def write_encoder(root: Path, cfg: PipelineConfig, seed: int = 0) -> Path:
+    """outputs/pretrain/encoder.pt in the real checkpoint format (a tiny, randomly initialised f)."""
+    torch.manual_seed(seed)
+    encoder = build_encoder(cfg.model, in_channels=CHANNELS, image_size=IMAGE_SIZE)
+    path = root / cfg.paths.outputs / "pretrain" / "encoder.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_encoder(path, encoder, cfg.model, CHANNELS, IMAGE_SIZE,
+                 meta={"stage": "pretrain", "ray_run_name": f"ray-run-{seed}",
+                       "dataset": "fashion-mnist", "dataset_content_hash": "c0ffee"})
+    return path
+
+
+def write_metrics(root: Path, stage: str, metrics: dict[str, float]) -> None:
+    path = root / "outputs" / stage / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics))
+
+
+def pretrain_stage(root: Path):
+    """A stand-in pretrain stage that only reports the encoder file written by ``write_encoder``."""
+    def run(cfg: PipelineConfig) -> StageResult:
+        return StageResult(metrics={"final_loss": 1.0},
+                           artifacts=[root / "outputs" / "pretrain" / "encoder.pt"],
+                           tags={"ray_run_name": "ray-run"},
+                           history=[{"epoch": e, "step": 10 * e, "loss": 2.0 - e} for e in (1, 2)])
+    return run
+
+
+def register_candidate(root: Path, cfg: PipelineConfig, metrics: dict[str, float],
+                       seed: int = 0) -> StageResult:
+    """Write an encoder + evaluation metrics, track a pretrain run, then run stage ``register``."""
+    from components.stages.register import run as register
+
+    write_encoder(root, cfg, seed)
+    write_metrics(root, "evaluate", metrics)
+    tracked_stage(cfg, "pretrain", pretrain_stage(root))
+    return tracked_stage(cfg, "register", register)
+
+
+def aliases(client: MlflowClient, name: str = "simclr-encoder") -> dict[str, str]:
+    return {a.alias: str(a.version) for a in client.get_registered_model(name).aliases}
