@@ -14,6 +14,11 @@ STAGES: dict[str, str] = {
     "ingest": "components.stages.ingest:run",
     "subsets": "components.stages.subsets:run",
     "pretrain": "components.stages.pretrain:run",
+    "linear-eval": "components.stages.linear_eval:run",
+    "finetune": "components.stages.finetune:run",
+    "transfer": "components.stages.transfer:run",
+    "baselines": "components.stages.baselines:run",
+    "report": "components.stages.report:run",
     "register": "components.stages.register:run",  # keep last: reads every outputs/*/metrics.json
 }
 

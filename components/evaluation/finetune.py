@@ -1,0 +1,163 @@
+"""Fine-tuning: the whole encoder plus a linear head, trained on a labelled image set.
+
+Used for SimCLR's semi-supervised protocol (pretrained encoder, 1% / 10% label subsets) and
+for the supervised baselines (same function, randomly initialised encoder). Protocol:
+
+- SGD with Nesterov momentum 0.9, ``lr`` for the encoder and ``head_lr`` for the head, weight
+  decay on weights (not on biases / BatchNorm), per-step cosine decay to 0.
+- ``steps = max(epochs * ceil(n / batch_size), min_steps)``: a tiny subset still gets enough
+  updates. Batches of fewer than 2 images are skipped (BatchNorm in train mode needs 2).
+- Crop + flip (``CropFlipAugment``) on every training batch when ``augment`` is on.
+- Each epoch logs the mean train loss and top-1 on a fixed test sample (``monitor_images``):
+  a curve to look at, never used to choose anything. The reported numbers come from the
+  final model on the full test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.config import FinetuneConfig
+from components.data.store import ImageSplit
+from components.evaluation.features import adapt_images
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """Encoder f plus a linear head: (B, C, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(int(encoder.feature_dim), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+@dataclass
+class FinetuneResult:
+    test_scores: np.ndarray  # (N_test, C) logits of the final model
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    seconds: float = 0.0
+    train_images: int = 0
+
+
+def _param_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    groups = []
+    for module, lr in ((model.encoder, cfg.lr), (model.head, cfg.head_lr or cfg.lr)):
+        decay = [p for p in module.parameters() if p.ndim > 1]
+        no_decay = [p for p in module.parameters() if p.ndim <= 1]
+        groups += [{"params": decay, "lr": lr, "base_lr": lr, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
+    return groups
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: ImageSplit, indices: np.ndarray | None, in_channels: int,
+            image_size: int, batch_size: int = 512) -> np.ndarray:
+    """Logits (k, C) of the split's images, model in eval mode (mode restored)."""
+    indices = np.arange(len(split)) if indices is None else indices
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(indices), batch_size):
+            x = adapt_images(split.images(indices[start:start + batch_size]), in_channels, image_size)
+            out.append(model(x).float())
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def finetune(
+    encoder: nn.Module,
+    num_classes: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_split: ImageSplit,
+    cfg: FinetuneConfig,
+    in_channels: int,
+    image_size: int,
+    seed: int = 0,
+    epochs: int | None = None,
+    name: str = "finetune",
+    eval_batch_size: int = 512,
+) -> FinetuneResult:
+    """Train ``encoder`` (in place) + a new head on uint8 ``images`` (N, H, W, C) / ``labels`` (N,).
+
+    Returns the final model's logits on the whole ``test_split`` and the per-epoch history.
+    """
+    started = time.perf_counter()
+    epochs = epochs or cfg.epochs
+    x_train = adapt_images(images, in_channels, image_size)
+    y_train = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    n = len(x_train)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(encoder, num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    augment = None
+    if cfg.augment:
+        from components.augment import CropFlipAugment
+
+        augment = CropFlipAugment(image_size)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = max(epochs * steps_per_epoch, cfg.min_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg), momentum=0.9, nesterov=True)
+    monitor = np.sort(np.random.default_rng(seed).choice(
+        len(test_split), size=min(cfg.monitor_images, len(test_split)), replace=False))
+    log.info("%s: %d images, %d classes, %d steps (%d epochs of %d), augment=%s",
+             name, n, num_classes, total_steps, epochs, steps_per_epoch, cfg.augment)
+    history: list[dict[str, Any]] = []
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        losses, correct, seen = [], 0, 0
+        for start in range(0, n, cfg.batch_size):
+            if step >= total_steps:
+                break
+            batch = order[start:start + cfg.batch_size]
+            if len(batch) < 2:
+                continue
+            x, y = x_train[batch], y_train[batch]
+            if augment is not None:
+                x = augment(x, generator=generator)
+            factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += len(y)
+            step += 1
+        monitor_scores = predict(model, test_split, monitor, in_channels, image_size, eval_batch_size)
+        row = {"epoch": epoch + 1, "step": step,
+               "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "train_top1": correct / max(seen, 1),
+               "test_top1_monitor": float((monitor_scores.argmax(1) == test_split.labels[monitor]).mean())}
+        history.append(row)
+        log.info("%s: epoch %d/%d loss %.4f train_top1 %.3f test_top1(monitor %d) %.3f", name,
+                 epoch + 1, epochs, row["train_loss"], row["train_top1"], len(monitor),
+                 row["test_top1_monitor"])
+    scores = predict(model, test_split, None, in_channels, image_size, eval_batch_size)
+    seconds = time.perf_counter() - started
+    log.info("%s: done in %.1f s, test_top1 %.4f", name, seconds,
+             float((scores.argmax(1) == test_split.labels).mean()))
+    return FinetuneResult(scores, history, seconds, n)

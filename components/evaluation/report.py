@@ -1,0 +1,139 @@
+"""Metrics files and the results table: every SimCLR number next to its baseline.
+
+``write_metrics`` writes one flat ``metrics.json`` per stage (numbers only, fractions in
+[0, 1]) atomically. ``results_rows`` pairs each SimCLR metric with its baselines by name:
+
+=====================================  ==============================  ==================================
+SimCLR metric                          first (gain) baseline            further baselines
+=====================================  ==============================  ==================================
+linear_top1 / linear_top5              random_linear_top1 / _top5       pixels_linear_top1 / _top5
+knn_top1                               random_knn_top1                  -
+finetune_<tag>_top1 / _top5            supervised_<tag>_top1 / _top5    -
+transfer_<name>_top1 / _top5           random_transfer_<name>_top1/_5   -
+transfer_<name>_finetune_top1          supervised_transfer_<name>_top1  -
+=====================================  ==============================  ==================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Atomic JSON write (temporary sibling + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_metrics(path: Path, metrics: dict[str, float]) -> Path:
+    """``metrics.json``: flat name -> float (DVC metrics format)."""
+    return write_json(path, {name: float(value) for name, value in metrics.items()})
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """A stage's metrics, or {} when the stage has not run."""
+    if not path.is_file():
+        return {}
+    loaded = json.loads(path.read_text())
+    return {k: float(v) for k, v in loaded.items() if isinstance(v, int | float)}
+
+
+@dataclass(frozen=True)
+class Row:
+    protocol: str  # the paper's protocol name
+    metric: str  # SimCLR metric name
+    value: float | None
+    baseline: str | None  # baseline metric name
+    baseline_value: float | None
+
+    @property
+    def gain(self) -> float | None:
+        if self.value is None or self.baseline_value is None:
+            return None
+        return self.value - self.baseline_value
+
+
+def _pairs(metrics: dict[str, float]) -> list[tuple[str, str, list[str]]]:
+    """(protocol, simclr metric, [baseline metrics]) for every SimCLR metric present."""
+    pairs: list[tuple[str, str, list[str]]] = []
+    for k in ("top1", "top5"):
+        pairs.append((f"Linear evaluation (frozen h, L2 logistic regression), {k}", f"linear_{k}",
+                      [f"random_linear_{k}", f"pixels_linear_{k}"]))
+    pairs.append(("kNN (weighted cosine, InstDisc), top1", "knn_top1", ["random_knn_top1"]))
+    tags = sorted({m.group(1) for key in metrics if (m := re.fullmatch(r"finetune_(.+)_top1", key))},
+                  key=lambda tag: float(tag.removesuffix("pct")) if tag.endswith("pct") else math.inf)
+    for tag in tags:
+        for k in ("top1", "top5"):
+            pairs.append((f"Semi-supervised fine-tuning, {tag} labels, {k}", f"finetune_{tag}_{k}",
+                          [f"supervised_{tag}_{k}"]))
+    names = sorted({m.group(1) for key in metrics
+                    if (m := re.fullmatch(r"transfer_(.+)_top1", key)) and not m.group(1).endswith("_finetune")})
+    for name in names:
+        for k in ("top1", "top5"):
+            pairs.append((f"Transfer, linear evaluation on {name}, {k}", f"transfer_{name}_{k}",
+                          [f"random_transfer_{name}_{k}"]))
+        pairs.append((f"Transfer, fine-tuning on {name}, top1", f"transfer_{name}_finetune_top1",
+                      [f"supervised_transfer_{name}_top1"]))
+    return pairs
+
+
+def results_rows(metrics: dict[str, float]) -> list[Row]:
+    """One row per (SimCLR metric, baseline) present in the merged ``metrics``."""
+    rows = []
+    for protocol, metric, baselines in _pairs(metrics):
+        value = metrics.get(metric)
+        present = [b for b in baselines if b in metrics]
+        if value is None and not present:
+            continue
+        for baseline in present or [None]:
+            rows.append(Row(protocol, metric, value, baseline,
+                            metrics.get(baseline) if baseline else None))
+    return rows
+
+
+def gains(metrics: dict[str, float]) -> dict[str, float]:
+    """``gain_<metric>``: SimCLR minus its first baseline (fraction), for each pair present."""
+    out = {}
+    for _, metric, baselines in _pairs(metrics):
+        if metric in metrics and baselines[0] in metrics:
+            out[f"gain_{metric}"] = metrics[metric] - metrics[baselines[0]]
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def results_markdown(metrics: dict[str, float], extra: dict[str, dict[str, float]] | None = None) -> str:
+    """The results table (percent, gains in points) plus reference tables of other metrics."""
+    lines = ["# Results", "",
+             "Accuracies in % on the test split (top-1 unless noted); gain = SimCLR - baseline "
+             "in points. Baselines: `random_*` = same encoder architecture, random init; "
+             "`pixels_*` = raw pixels; `supervised_*` = same architecture trained from random "
+             "init on the same labels.", "",
+             "| Protocol (paper) | SimCLR metric | SimCLR | Baseline | Baseline value | Gain (points) |",
+             "|---|---|---:|---|---:|---:|"]
+    for row in results_rows(metrics):
+        gain = row.gain
+        lines.append(f"| {row.protocol} | `{row.metric}` | {_pct(row.value)} | "
+                     f"`{row.baseline or '-'}` | {_pct(row.baseline_value)} | "
+                     f"{'-' if gain is None else f'{100 * gain:+.2f}'} |")
+    supervised_full = {k: v for k, v in metrics.items() if k.startswith("supervised_100pct")}
+    if supervised_full:
+        lines += ["", "Reference: supervised from random init on 100% of the labels: " + ", ".join(
+            f"`{k}` {100 * v:.2f}" for k, v in sorted(supervised_full.items()))]
+    for title, values in (extra or {}).items():
+        if values:
+            lines += ["", f"## {title}", "", "| metric | value |", "|---|---:|"]
+            lines += [f"| `{k}` | {v:.4g} |" for k, v in sorted(values.items())]
+    return "\n".join(lines) + "\n"

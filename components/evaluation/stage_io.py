@@ -1,0 +1,37 @@
+"""Shared plumbing of the evaluation stages: output folder, encoder path, metric names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from components.config import PipelineConfig
+from components.stages.common import StagePaths
+
+ENCODER_FILE = "encoder.pt"
+
+
+def pretrained_encoder_path(cfg: PipelineConfig) -> Path:
+    """``outputs/pretrain/encoder.pt``: the encoder every evaluation stage evaluates."""
+    return StagePaths.of(cfg).stage_dir("pretrain") / ENCODER_FILE
+
+
+def fresh_stage_dir(cfg: PipelineConfig, stage: str) -> Path:
+    """The stage's output folder with any stale ``metrics.json`` removed (a failed run leaves none)."""
+    out = StagePaths.of(cfg).stage_dir(stage)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    return out
+
+
+def metric_slug(name: str) -> str:
+    """A data set name as a metric-name segment: 'fashion-mnist' -> 'fashion_mnist'."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def indices_digest(indices: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()

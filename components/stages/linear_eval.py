@@ -1,0 +1,65 @@
+"""Stage ``linear-eval``: linear probe and kNN on the frozen pretrained encoder's h.
+
+Reads ``outputs/pretrain/encoder.pt`` and the canonical data set of ``cfg.data.source``;
+features come from the feature cache (``cfg.evaluate.cache_dir``). Writes
+``outputs/linear-eval/metrics.json`` (``linear_top1``, ``linear_top5``, ``l2_linear``,
+``knn_top1``), a confusion matrix, per-class accuracy and a 2-D embedding map of test images.
+Protocol: :mod:`components.evaluation.linear`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from components.config import PipelineConfig
+from components.evaluation.features import FeatureCache, file_digest
+from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset, subsample
+from components.evaluation.linear import evaluate_frozen
+from components.evaluation.metrics import confusion, per_class_accuracy
+from components.evaluation.plots import plot_confusion, plot_embedding, plot_per_class
+from components.evaluation.report import write_metrics
+from components.evaluation.stage_io import fresh_stage_dir, pretrained_encoder_path
+from components.stages.common import StagePaths, StageResult
+
+log = logging.getLogger(__name__)
+STAGE = "linear-eval"
+
+
+def run(cfg: PipelineConfig) -> StageResult:
+    started = time.perf_counter()
+    out = fresh_stage_dir(cfg, STAGE)
+    encoder_path = pretrained_encoder_path(cfg)
+    encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
+    dataset = open_labelled_dataset(StagePaths.of(cfg).dataset(cfg.data.source))
+    train, test = dataset.split("train"), dataset.split("test")
+    cache = FeatureCache(cfg.evaluate.cache_dir)
+    digest = file_digest(encoder_path)
+    train_idx = subsample(len(train), cfg.evaluate.linear.max_train_images, cfg.seed)
+    common = {"in_channels": spec.in_channels, "image_size": spec.image_size,
+              "batch_size": cfg.evaluate.batch_size}
+    train_h = cache.features(encoder, digest, dataset, "train", indices=train_idx, **common)
+    test_h = cache.features(encoder, digest, dataset, "test", **common)
+    train_y = train.labels if train_idx is None else train.labels[train_idx]
+    classes = dataset.classes
+    result = evaluate_frozen(train_h, train_y, test_h, test.labels, len(classes), cfg.evaluate,
+                             "linear", cfg.seed, knn_name="knn_top1")
+    predictions = result.test_scores.argmax(axis=1)
+    artifacts = [
+        plot_confusion(confusion(test.labels, predictions, len(classes)), classes,
+                       out / "confusion.png", "Linear evaluation: confusion (test)"),
+        plot_per_class({"SimCLR linear probe": per_class_accuracy(test.labels, predictions, len(classes))},
+                       classes, out / "per_class.png", "Linear evaluation: per-class accuracy"),
+        plot_embedding(test_h, test.labels, classes, out / "embedding.png",
+                       cfg.evaluate.embedding_method, cfg.evaluate.embedding_points, cfg.seed),
+    ]
+    metrics = dict(result.metrics)
+    metrics["images_linear"] = float(len(train_y))
+    metrics["seconds_linear_eval"] = time.perf_counter() - started
+    artifacts.append(write_metrics(out / "metrics.json", metrics))
+    log.info("linear-eval: top1 %.4f top5 %.4f knn %.4f (l2 %g) in %.1f s", metrics["linear_top1"],
+             metrics["linear_top5"], metrics["knn_top1"], metrics["l2_linear"],
+             metrics["seconds_linear_eval"])
+    return StageResult(metrics=metrics, artifacts=artifacts,
+                       tags={"encoder_sha256": digest, "dataset_content_hash": dataset.content_hash,
+                             "feature_cache_hits": str(cache.stats["hits"])})

@@ -1,0 +1,94 @@
+"""Stage ``transfer``: the pretrained encoder on other data sets (``cfg.data.transfer``).
+
+For each transfer source (ingested to ``data/transfer/<name>``): images are adapted to the
+encoder's input (bilinear resize, RGB <-> grey), then the linear probe of the frozen encoder
+(``transfer_<name>_top1/_top5``) next to the same probe on a randomly initialised encoder of
+the same architecture (``random_transfer_<name>_top1/_top5``). With
+``cfg.evaluate.transfer_finetune`` also fine-tuning on the transfer training split
+(``transfer_<name>_finetune_top1``) against training from random init
+(``supervised_transfer_<name>_top1``). Writes ``outputs/transfer/metrics.json`` and a
+confusion matrix per data set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from components.config import PipelineConfig
+from components.errors import ConfigError
+from components.evaluation.features import FeatureCache, file_digest, module_digest
+from components.evaluation.finetune import finetune
+from components.evaluation.inputs import (
+    load_pretrained_encoder,
+    open_labelled_dataset,
+    random_encoder,
+    subsample,
+)
+from components.evaluation.linear import evaluate_frozen
+from components.evaluation.metrics import confusion
+from components.evaluation.plots import plot_confusion
+from components.evaluation.report import write_metrics
+from components.evaluation.stage_io import fresh_stage_dir, metric_slug, pretrained_encoder_path
+from components.stages.common import StagePaths, StageResult
+
+log = logging.getLogger(__name__)
+STAGE = "transfer"
+
+
+def run(cfg: PipelineConfig) -> StageResult:
+    started = time.perf_counter()
+    out = fresh_stage_dir(cfg, STAGE)
+    paths = StagePaths.of(cfg)
+    if not cfg.data.transfer:
+        raise ConfigError("data.transfer: no transfer data sets configured")
+    encoder_path = pretrained_encoder_path(cfg)
+    encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
+    baseline = random_encoder(spec.model, spec.in_channels, spec.image_size, cfg.seed)
+    encoders = {
+        "transfer": (encoder, file_digest(encoder_path)),
+        "random_transfer": (baseline, module_digest(baseline, {"seed": cfg.seed, "in_channels":
+                            spec.in_channels, "image_size": spec.image_size})),
+    }
+    datasets = {source.name: open_labelled_dataset(paths.transfer_dataset(source))
+                for source in cfg.data.transfer}  # check every data set before any work
+    cache = FeatureCache(cfg.evaluate.cache_dir)
+    common = {"in_channels": spec.in_channels, "image_size": spec.image_size,
+              "batch_size": cfg.evaluate.batch_size}
+    metrics: dict[str, float] = {}
+    artifacts = []
+    for name, dataset in datasets.items():
+        slug = metric_slug(name)
+        train, test = dataset.split("train"), dataset.split("test")
+        classes = dataset.classes
+        train_idx = subsample(len(train), cfg.evaluate.linear.max_train_images, cfg.seed)
+        train_y = train.labels if train_idx is None else train.labels[train_idx]
+        log.info("transfer %s: %d train / %d test images %s -> encoder input %dx%dx%d",
+                 name, len(train_y), len(test), dataset.image_shape, spec.image_size,
+                 spec.image_size, spec.in_channels)
+        for prefix, (model, digest) in encoders.items():
+            train_h = cache.features(model, digest, dataset, "train", indices=train_idx, **common)
+            test_h = cache.features(model, digest, dataset, "test", **common)
+            result = evaluate_frozen(train_h, train_y, test_h, test.labels, len(classes),
+                                     cfg.evaluate, f"{prefix}_{slug}", cfg.seed)
+            metrics.update(result.metrics)
+            if prefix == "transfer":
+                predictions = result.test_scores.argmax(axis=1)
+                artifacts.append(plot_confusion(
+                    confusion(test.labels, predictions, len(classes)), classes,
+                    out / f"confusion_{slug}.png", f"Transfer linear eval on {name}: confusion"))
+        if cfg.evaluate.transfer_finetune:
+            images, labels = train.images(), train.labels
+            runs = {f"transfer_{slug}_finetune": load_pretrained_encoder(encoder_path, cfg.model)[0],
+                    f"supervised_transfer_{slug}": random_encoder(spec.model, spec.in_channels,
+                                                                  spec.image_size, cfg.seed)}
+            for prefix, model in runs.items():
+                result = finetune(model, len(classes), images, labels, test, cfg.evaluate.finetune,
+                                  spec.in_channels, spec.image_size, seed=cfg.seed, name=prefix,
+                                  eval_batch_size=cfg.evaluate.batch_size)
+                metrics[f"{prefix}_top1"] = float((result.test_scores.argmax(1) == test.labels).mean())
+    metrics["seconds_transfer"] = time.perf_counter() - started
+    artifacts.append(write_metrics(out / "metrics.json", metrics))
+    return StageResult(metrics=metrics, artifacts=artifacts,
+                       tags={f"transfer.{name}.content_hash": ds.content_hash
+                             for name, ds in datasets.items()})
