@@ -237,10 +237,14 @@ def local_batch_indices(perm: np.ndarray, step_in_epoch: int, batch_size: int,
     return perm[start:start + per_rank]
 
 
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """The augmentation stream of one step on one rank (so a resumed run draws the same views)."""
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The augmentation stream of one step on one rank (so a resumed run draws the same views).
+
+    A CPU generator: SimCLRAugment draws the per-image parameters on the CPU (a few numbers per
+    image) and applies them on the images' device.
+    """
     mixed = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(mixed & ((1 << 63) - 1))
+    return torch.Generator().manual_seed(mixed & ((1 << 63) - 1))
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -377,7 +381,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         for i in range(steps_per_epoch):
             idx = local_batch_indices(perm, i, pre.batch_size, rank, world)
             images = to_float_tensor(train.images(idx)).to(device, non_blocking=True)
-            out = train_step(images, step, step_generator(cfg.seed, step, rank, device))
+            out = train_step(images, step, step_generator(cfg.seed, step, rank))
             step += 1
             loss, acc, lr = float(out["loss"]), float(out["contrastive_acc"]), float(out["lr"])
             sums["loss"] += loss

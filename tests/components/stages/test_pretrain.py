@@ -1,0 +1,108 @@
+"""Stage ``pretrain`` end to end on real Ray workers and a 512-image Fashion-MNIST slice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.data.store import CanonicalDataset
+from components.models.checkpoint import load_encoder
+from components.stages.catalog import stage_function
+from components.stages.pretrain import run
+from components.training.checkpointing import STATE_FILE
+from components.training.ray_driver import run_name_for
+from tests.components.training.conftest import fmnist_root, ray_session, tiny_config  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_pretrain_stage_writes_encoder_metrics_history_and_plot(
+        ray_session: str, fmnist_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    cfg = tiny_config(fmnist_root, tmp_path)
+    assert stage_function("pretrain") is run
+    result = run(cfg)
+    out = tmp_path / "outputs" / "pretrain"
+    encoder, spec = load_encoder(out / "encoder.pt", expect=cfg.model)
+    assert (spec.in_channels, spec.image_size) == (1, 28)
+    assert spec.meta["ray_run_name"] == result.tags["ray_run_name"]
+    with torch.no_grad():
+        assert encoder(torch.rand(2, 1, 28, 28)).shape == (2, encoder.feature_dim)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == result.metrics
+    for name in ("final_loss", "contrastive_acc", "images_per_s", "epochs", "wall_time_s",
+                 "knn_top1"):
+        assert name in metrics, name
+    assert metrics["epochs"] == 3 and 0.0 <= metrics["knn_top1"] <= 1.0
+    history = json.loads((out / "history.json").read_text())
+    assert history == result.history
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    for key in ("step", "loss", "lr", "contrastive_acc", "images_per_s", "knn_top1",
+                "resumed_from"):
+        assert key in history[0], key
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dataset = CanonicalDataset(fmnist_root / "datasets" / "fashion-mnist")
+    assert result.tags["ray_run_name"] == run_name_for(cfg, dataset.content_hash)
+    # checkpoints live outside the stage outputs (DVC deletes outs before a stage runs)
+    assert Path(result.tags["ray_checkpoint"]).is_relative_to(Path(cfg.ray.storage_path))
+    assert not Path(cfg.ray.storage_path).is_relative_to(out)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_stage_process_resumes_from_its_last_checkpoint(
+        ray_session: str, fmnist_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    """SIGKILL the stage process after its 2nd checkpoint; running the stage again resumes.
+
+    The killed process is a separate driver connected to the session Ray instance
+    (RAY_ADDRESS); its Train controller and workers die with it (they are owned by it).
+    """
+    cfg = tiny_config(fmnist_root, tmp_path, pretrain={"epochs": 8, "knn_every": 4})
+    dataset = CanonicalDataset(fmnist_root / "datasets" / "fashion-mnist")
+    run_dir = Path(cfg.ray.storage_path) / run_name_for(cfg, dataset.content_hash)
+    script = textwrap.dedent(f"""
+        from components.config import config_from_dict
+        from components.stages.pretrain import run
+        run(config_from_dict({cfg.model_dump(mode="json")!r}))
+    """)
+    log_path = tmp_path / "killed-stage.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=log,
+                                stderr=subprocess.STDOUT,
+                                env={**os.environ, "RAY_ADDRESS": ray_session})
+        try:
+            deadline = time.monotonic() + 180
+            # epoch 3's checkpoint on disk means epoch 2's is registered in the run snapshot
+            while not (run_dir / "epoch-00003" / STATE_FILE).exists():
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    text = log_path.read_text()
+    assert "epoch 1/8 done" in text and "ETA" in text  # rank 0's progress lines reach the driver
+    assert not (tmp_path / "outputs" / "pretrain" / "encoder.pt").exists()
+
+    result = run(cfg)
+    history = result.history
+    assert [row["epoch"] for row in history] == list(range(1, 9))
+    assert [row["step"] for row in history] == [8 * e for e in range(1, 9)]
+    resumed = history[-1]["resumed_from"]
+    assert resumed >= 2, history  # not restarted from scratch
+    assert all(row["resumed_from"] == 0 for row in history[:resumed])
+    assert result.metrics["resumed_from"] == resumed
+    assert load_encoder(tmp_path / "outputs" / "pretrain" / "encoder.pt", expect=cfg.model)
