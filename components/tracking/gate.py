@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from components.config import GateConfig
 
 TRANSFER_PREFIX = "transfer_"
+EPS = 1e-9  # metrics are fractions: 0.71 - 0.70 must count as an improvement of 0.01
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,14 @@ def evaluate_gate(gate: GateConfig, challenger: dict[str, float],
         return GateDecision(True, f"{name}={value:.4f} >= {gate.min_value:.4f}; no champion yet")
     if name in champion:
         best = champion[name]
-        if not value - best >= gate.min_improvement:
+        if not value - best >= gate.min_improvement - EPS:
             return GateDecision(False, f"{name}={value:.4f} does not beat champion's {best:.4f} "
                                        f"by min_improvement={gate.min_improvement:.4f}")
     for key in sorted(k for k in champion if k.startswith(TRANSFER_PREFIX)):
         if key not in challenger:
             return GateDecision(False, f"challenger has no {key} (champion has {champion[key]:.4f})")
         drop = champion[key] - challenger[key]
-        if not drop <= gate.max_transfer_drop:
+        if not drop <= gate.max_transfer_drop + EPS:
             return GateDecision(False, f"{key} drops by {drop:.4f} (> max_transfer_drop="
                                        f"{gate.max_transfer_drop:.4f})")
     base = f"{champion[name]:.4f}" if name in champion else "n/a"

@@ -223,8 +223,8 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     """One row per version (newest first): version, aliases, metric tags, run id, creation time."""
     aliases: dict[str, list[str]] = {}
     try:
-        for alias in client.get_registered_model(name).aliases:
-            aliases.setdefault(str(alias.version), []).append(alias.alias)
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
     except MlflowException as err:
         raise PipelineError(f"registry: no registered model {name!r} (run the register stage)"
                             ) from err

@@ -88,4 +88,5 @@ def register_candidate(root: Path, cfg: PipelineConfig, metrics: dict[str, float
 
 
 def aliases(client: MlflowClient, name: str = "simclr-encoder") -> dict[str, str]:
-    return {a.alias: str(a.version) for a in client.get_registered_model(name).aliases}
+    return {alias: str(version)
+            for alias, version in client.get_registered_model(name).aliases.items()}

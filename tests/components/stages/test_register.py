@@ -1,0 +1,111 @@
+"""Stage ``register`` against a real sqlite MLflow store: versions, lineage, gate, aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from components.errors import PipelineError
+from components.stages.register import collect_metrics
+from components.stages.register import run as register
+from components.tracking.runs import start_pipeline_run, tracked_stage
+from tests.components.tracking.helpers import (
+    aliases,
+    git,
+    make_cfg,
+    make_project,
+    register_candidate,
+    write_metrics,
+)
+
+GATE = {"gate": {"metric": "linear_top1", "min_value": 0.5, "min_improvement": 0.01,
+                 "max_transfer_drop": 0.05}}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("MLFLOW_TRACKING_URI", "SIMCLR_PARENT_RUN_ID", "PREFECT__FLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_collect_metrics_merges_stage_files(tmp_path: Path) -> None:
+    write_metrics(tmp_path, "evaluate", {"linear_top1": 0.7, "note": "text"})
+    write_metrics(tmp_path, "pretrain", {"final_loss": 3.2, "linear_top1": 0.1})
+    assert collect_metrics(tmp_path / "outputs") == {
+        "linear_top1": 0.7, "final_loss": 3.2, "pretrain.linear_top1": 0.1}
+    (tmp_path / "outputs" / "broken").mkdir()
+    (tmp_path / "outputs" / "broken" / "metrics.json").write_text("{")
+    with pytest.raises(PipelineError, match="broken/metrics.json"):
+        collect_metrics(tmp_path / "outputs")
+
+
+def test_gate_decides_champion_challenger_and_previous(project: Path) -> None:
+    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+    cfg = make_cfg(uri, registry=GATE)
+    client = MlflowClient(uri, uri)
+
+    first = register_candidate(project, cfg, {"linear_top1": 0.70, "transfer_digits_top1": 0.9})
+    assert first.metrics["promoted"] == 1.0
+    assert aliases(client) == {"champion": "1", "challenger": "1"}
+
+    better = register_candidate(project, cfg, {"linear_top1": 0.75, "transfer_digits_top1": 0.88},
+                                seed=1)
+    assert better.tags["gate"] == "passed"
+    assert aliases(client) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
+
+    worse = register_candidate(project, cfg, {"linear_top1": 0.80, "transfer_digits_top1": 0.5},
+                               seed=2)  # better headline, but transfer collapses
+    assert worse.metrics["promoted"] == 0.0
+    assert "transfer_digits_top1" in worse.tags["gate_reason"]
+    assert aliases(client) == {"champion": "2", "challenger": "3", "previous-champion": "1"}
+
+    # the register run records the decision; the version carries metrics and lineage
+    experiment = client.get_experiment_by_name("test").experiment_id
+    (run,) = client.search_runs([experiment], "tags.registered_version = '3'")
+    assert run.info.run_name == "register" and run.data.metrics["promoted"] == 0.0
+    assert run.data.tags["gate"] == "refused"
+    version = client.get_model_version("simclr-encoder", "3")
+    assert version.run_id == run.info.run_id
+    tags = version.tags
+    assert float(tags["metric.linear_top1"]) == 0.80
+    assert tags["gate"] == "refused" and "transfer" in tags["gate_reason"]
+    assert tags["git_commit"] == git(project, "rev-parse", "HEAD")
+    assert tags["params_digest"] == cfg.digest()
+    assert tags["ray_run_name"] == "ray-run-2"
+    assert tags["data_content_hash"] == "c0ffee"
+    assert tags["data.fashion-mnist.content_hash"] == "c0ffee"
+    (pretrain,) = client.search_runs(
+        [experiment], f"tags.`artifact_sha256.encoder.pt` = '{tags['encoder_sha256']}'")
+    assert tags["pretrain_run_id"] == pretrain.info.run_id
+    assert tags["inference_model_uri"].startswith("models:/m-")
+    assert "linear_top1=0.8000" in version.description
+
+
+def test_first_version_below_min_value_is_only_challenger(project: Path) -> None:
+    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+    cfg = make_cfg(uri, registry=GATE)
+    result = register_candidate(project, cfg, {"linear_top1": 0.2})
+    assert result.metrics["promoted"] == 0.0 and "below min_value" in result.tags["gate_reason"]
+    assert aliases(MlflowClient(uri, uri)) == {"challenger": "1"}
+
+
+def test_failed_register_registers_nothing(project: Path) -> None:
+    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+    cfg = make_cfg(uri)
+    parent = start_pipeline_run(cfg, "pipeline")
+    write_metrics(project, "evaluate", {"linear_top1": 0.9})  # but no encoder checkpoint
+    with pytest.raises(PipelineError, match="encoder.pt"):
+        tracked_stage(cfg, "register", register, parent_run_id=parent)
+    client = MlflowClient(uri, uri)
+    assert client.search_registered_models() == []
+    assert client.get_run(parent).info.status == "FAILED"
+
+
+def test_register_outside_tracking_is_refused(project: Path) -> None:
+    with pytest.raises(PipelineError, match="simclr register"):
+        register(make_cfg(f"sqlite:///{project.parent / 'mlflow.db'}"))
