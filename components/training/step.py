@@ -1,0 +1,74 @@
+"""One SimCLR optimisation step, independent of the engine (a plain loop or a Ray Train worker).
+
+Batch in, metrics out: two views of every image, both encoded in ONE forward pass (so BN
+sees both views with the same statistics), NT-Xent in float32, backward, optimiser step with
+the learning rate of the global step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from components.losses import nt_xent_with_accuracy
+
+Augment = Callable[[Tensor, torch.Generator | None], Tensor]
+
+
+class TrainStep:
+    """``__call__(images (B, C, H, W) float [0,1], step, generator) -> {loss, lr, contrastive_acc}``.
+
+    ``model`` returns ``(h, z)`` (a SimCLRModel, possibly wrapped in DistributedDataParallel);
+    ``schedule`` maps the global step to the learning rate (e.g. ``WarmupCosine``); ``augment``
+    makes one view per call. ``precision="bf16"`` runs the forward pass under bf16 autocast
+    (the loss stays float32); ``channels_last`` feeds the views in NHWC memory order (the model
+    should be converted by the caller). The model's train/eval mode is the caller's choice.
+    Raises ``FloatingPointError`` (before the optimiser step) if the loss is not finite.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Callable[[int], float],
+        augment: Augment,
+        temperature: float,
+        precision: Literal["fp32", "bf16"] = "fp32",
+        channels_last: bool = False,
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.augment, self.temperature = augment, float(temperature)
+        self.precision, self.channels_last = precision, channels_last
+
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, C, H, W) -> (2B, C, S, S): all first views, then all second views."""
+        with torch.no_grad():
+            x = torch.cat([self.augment(images, generator), self.augment(images, generator)])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def __call__(
+        self, images: Tensor, step: int, generator: torch.Generator | None = None
+    ) -> dict[str, float]:
+        lr = float(self.schedule(step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = self.views(images, generator)
+        with torch.autocast(
+            device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            _, z = self.model(x)
+        z1, z2 = z.float().chunk(2)
+        loss, acc = nt_xent_with_accuracy(z1, z2, self.temperature)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite SimCLR loss {loss.item()} at step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "lr": lr, "contrastive_acc": acc.item()}
