@@ -60,6 +60,7 @@ class S3Server:
     denied_secret_key: str = DENIED_SECRET_KEY
     data_dir: Path | None = None
     start_seconds: float = 0.0
+    sockets: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def env(self, denied: bool = False) -> dict[str, str]:
@@ -106,13 +107,16 @@ class S3Server:
         return keys
 
     def stop(self) -> None:
+        """Stop the server (SIGKILL after 0.5 s: its graceful shutdown can hang for minutes)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for sock in self.sockets:  # unix sockets weed creates under /tmp, named by port
+            Path(sock).unlink(missing_ok=True)
 
 
 def _identities() -> dict[str, Any]:
@@ -165,6 +169,7 @@ def start_seaweedfs(workdir: Path, timeout: float = START_TIMEOUT_S) -> S3Server
         f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
+        f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}",
         "-master.volumeSizeLimitMB=64", "-volume.max=0", "-metricsPort=0",
     ]
     log_path = workdir / "weed.log"
@@ -172,7 +177,11 @@ def start_seaweedfs(workdir: Path, timeout: float = START_TIMEOUT_S) -> S3Server
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, cwd=workdir)
-    server = S3Server(endpoint_url=f"http://127.0.0.1:{s3}", data_dir=workdir, process=process)
+    sockets = [f"/tmp/seaweedfs-{name}-{port}.sock" for name, port in (
+        ("master-grpc", master_grpc), ("volume-grpc", volume_grpc), ("filer-grpc", filer_grpc),
+        ("s3-grpc", s3_grpc), ("filer", filer), ("s3", s3))]
+    server = S3Server(endpoint_url=f"http://127.0.0.1:{s3}", data_dir=workdir, process=process,
+                      sockets=sockets)
     _wait_ready(server, log_path, start + timeout)
     server.start_seconds = time.monotonic() - start
     return server

@@ -57,7 +57,9 @@ def _explain(url: str, err: Exception) -> DataError:
 def _client() -> Any:
     import boto3
 
-    return boto3.client("s3")
+    # A fresh session re-reads the environment and config files; boto3's default session
+    # caches credentials from its first use.
+    return boto3.session.Session().client("s3")
 
 
 def list_objects(url: str) -> list[tuple[str, int]]:
