@@ -26,6 +26,7 @@ def run(cfg: PipelineConfig) -> StageResult:
     jobs = [(cfg.data.source, paths.dataset(cfg.data.source))]
     jobs += [(source, paths.transfer_dataset(source)) for source in cfg.data.transfer]
     datasets = ingest_sources(jobs, cfg.data.shard_size, cfg.data.split_seed)
+    (paths.data / "transfer").mkdir(parents=True, exist_ok=True)  # a DVC out even with no transfer sets
     result = StageResult()
     for dataset in datasets:
         prefix = f"data.{dataset.name}"
