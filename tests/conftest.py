@@ -51,3 +51,9 @@ def fashion_mnist_dataset(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"{FASHION_MNIST_DIR} not installed")
     (dataset,) = ingest_sources([(source, root)], shard_size=10_000, split_seed=0)
     return dataset
+
+
+@pytest.fixture(scope="session")
+def session_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite MLflow store for CLI tests of the whole session (creating one costs ~10 s)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

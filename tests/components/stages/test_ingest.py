@@ -23,10 +23,10 @@ from tests.components.data.formats import (
 )
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One MLflow store for the module (the CLI tracks every stage)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+@pytest.fixture
+def tracking_uri(session_tracking_uri: str) -> str:
+    """The CLI tracks every stage in MLflow: share one store across the session."""
+    return session_tracking_uri
 
 
 def params(tmp_path: Path, tracking_uri: str, source: dict, transfer: list | None = None) -> Path:
