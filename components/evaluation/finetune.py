@@ -80,6 +80,31 @@ def predict(model: nn.Module, split: ImageSplit, indices: np.ndarray | None, in_
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int,
+                          max_images: int = 4096) -> None:
+    """Replace BatchNorm running statistics by their exact average over (up to ``max_images``
+    of) the un-augmented training images. After a short fine-tuning run the exponential moving
+    averages still remember the initial (or pretraining) statistics, which can make the
+    eval-mode network predict a single class."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    try:
+        for start in range(0, min(len(images), max_images), batch_size):
+            model(images[start:start + batch_size])
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def finetune(
     encoder: nn.Module,
     num_classes: int,
@@ -112,7 +137,7 @@ def finetune(
         from components.augment import CropFlipAugment
 
         augment = CropFlipAugment(image_size)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = max(n // cfg.batch_size + (n % cfg.batch_size >= 2), 1)
     total_steps = max(epochs * steps_per_epoch, cfg.min_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), momentum=0.9, nesterov=True)
@@ -147,6 +172,8 @@ def finetune(
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
             step += 1
+        if epoch == epochs - 1:
+            recalibrate_batchnorm(model, x_train, eval_batch_size)
         monitor_scores = predict(model, test_split, monitor, in_channels, image_size, eval_batch_size)
         row = {"epoch": epoch + 1, "step": step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"),
