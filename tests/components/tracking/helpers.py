@@ -60,8 +60,9 @@ def write_encoder(root: Path, cfg: PipelineConfig, seed: int = 0) -> Path:
     return path
 
 
-def write_metrics(root: Path, stage: str, metrics: dict[str, float]) -> None:
-    path = root / "outputs" / stage / "metrics.json"
+def write_metrics(root: Path, stage: str, metrics: dict[str, float],
+                  outputs: str = "outputs") -> None:
+    path = root / outputs / stage / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics))
 
@@ -90,3 +91,16 @@ def register_candidate(root: Path, cfg: PipelineConfig, metrics: dict[str, float
 def aliases(client: MlflowClient, name: str = "simclr-encoder") -> dict[str, str]:
     return {alias: str(version)
             for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+def write_params(root: Path, tracking_uri: str, name: str = "test-params.yaml",
+                 **sections: Any) -> Path:
+    """A params file for the ``simclr`` CLI with the test's store, tiny model and ``sections``."""
+    import yaml
+
+    raw: dict[str, Any] = {"model": MODEL, "tracking": {"tracking_uri": tracking_uri,
+                                                        "experiment": "test"}}
+    raw.update(sections)
+    path = root / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
