@@ -170,6 +170,8 @@ class DatasetWriter:
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise DataError(f"split {split!r}: labels outside [0, {len(self.classes)}) "
                             f"for {len(self.classes)} classes")
+        if not len(images):  # an empty batch must not create a split without shards
+            return
         self._labels.setdefault(split, []).append(labels)
         self._pending.setdefault(split, []).append(images)
         self._pending_len[split] = self._pending_len.get(split, 0) + len(images)
@@ -200,7 +202,8 @@ class DatasetWriter:
             np.save(self.tmp / split / "labels.npy", labels)
             digest.update(split.encode())
             for name in self._shards[split]:
-                digest.update(np.load(self.tmp / split / name, mmap_mode="r").tobytes())
+                # hash the mapped shard in place: .tobytes() would copy a whole shard into RAM
+                digest.update(np.load(self.tmp / split / name, mmap_mode="r"))
             digest.update(labels.tobytes())
             splits[split] = {
                 "count": int(len(labels)),
