@@ -67,11 +67,11 @@ def test_push_pull_round_trip_through_local_remote(project, tmp_path):
     project.dvc("remote", "add", "--local", "-f", "-d", "scratch", str(remote))
     try:
         before = files_under(project.root / "data")
-        project.dvc("push")
+        project.dvc("push", *DATA_STAGES)
         assert any(remote.rglob("*")), "push wrote nothing to the remote"
         shutil.rmtree(project.root / "data")
         shutil.rmtree(project.root / ".dvc/cache")
-        project.dvc("pull")
+        project.dvc("pull", *DATA_STAGES)
         assert files_under(project.root / "data") == before
     finally:
         project.dvc("remote", "remove", "--local", "scratch")
@@ -79,25 +79,30 @@ def test_push_pull_round_trip_through_local_remote(project, tmp_path):
 
 def test_tampered_remote_object_is_detected(project, tmp_path):
     remote = tmp_path / "remote"
+    cache, backup = project.root / ".dvc/cache", tmp_path / "cache-backup"
     project.dvc("remote", "add", "--local", "-f", "-d", "scratch", str(remote))
     project.dvc("remote", "modify", "--local", "scratch", "verify", "true")
+    manifest = project.root / "data/subsets/manifest.json"
+    original = manifest.read_bytes()
     try:
-        project.dvc("push")
-        labels = project.root / "data/subsets/manifest.json"
-        original = labels.read_bytes()
+        project.dvc("push", *DATA_STAGES)
         remote_objects = [path for path in remote.rglob("*") if path.is_file()
                           and path.read_bytes() == original]
         assert len(remote_objects) == 1
         remote_objects[0].chmod(0o644)
         remote_objects[0].write_bytes(original.replace(b'"seed"', b'"SEED"'))
-        shutil.rmtree(project.root / ".dvc/cache")
-        labels.unlink()
-        pulled = project.dvc("pull", check=False)
+        shutil.copytree(cache, backup)
+        shutil.rmtree(cache)
+        manifest.unlink()
+        pulled = project.dvc("pull", *DATA_STAGES, check=False)
         assert pulled.returncode != 0
-        assert not labels.exists() or labels.read_bytes() == original
+        assert not manifest.exists() or manifest.read_bytes() == original
     finally:
         project.dvc("remote", "remove", "--local", "scratch")
-        project.dvc("checkout", "--force", check=False)
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.copytree(backup, cache)
+        project.dvc("checkout", "--force", *DATA_STAGES)
+        assert manifest.read_bytes() == original
 
 
 @pytest.mark.s3
@@ -108,10 +113,10 @@ def test_push_pull_round_trip_through_s3(project, s3_server):
     project.dvc("remote", "modify", "--local", "team", "endpointurl", s3_server.endpoint_url)
     try:
         before = files_under(project.root / "data")
-        project.dvc("push")
+        project.dvc("push", *DATA_STAGES)
         shutil.rmtree(project.root / "data")
         shutil.rmtree(project.root / ".dvc/cache")
-        project.dvc("pull")
+        project.dvc("pull", *DATA_STAGES)
         assert files_under(project.root / "data") == before
     finally:
         project.dvc("remote", "remove", "--local", "team")
