@@ -1,0 +1,280 @@
+"""The Prefect flow ``simclr-pipeline``: the stages of ``dvc.yaml``, in order, each as a task.
+
+DVC owns "is this stage stale?". Each task asks ``dvc status <stage>`` (only that stage: its deps
+include the outputs of the stages before it, so an upstream change that was just reproduced makes
+it stale) and, when stale, runs ``dvc repro --single-item <stage>``, which runs ``simclr <stage>``
+and updates ``dvc.lock``. An up-to-date stage is skipped. So ``dvc repro`` and the flow never
+disagree, a second run with unchanged inputs recomputes nothing, and ``dvc.lock`` records every run.
+
+Presets and overrides are applied the way ``dvc exp run -S`` applies them: the merged config is
+validated (a bad key fails the flow before any stage, naming the key) and written into the
+project's ``params.yaml`` (only when it changes anything; PyYAML drops the file's comments), so
+the stages, DVC's params dependencies and the recorded lineage all see the same values.
+
+MLflow: one parent run per flow run (tagged with the Prefect flow-run id); every stage's run is
+its child through ``SIMCLR_PARENT_RUN_ID``. The results table (``outputs/report/results.md``) is
+published as the markdown artifact ``simclr-results`` with a link to the parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from components.config import (
+    PipelineConfig,
+    config_from_dict,
+    deep_merge,
+    parse_override,
+    preset_path,
+)
+from components.errors import ConfigError
+
+FLOW_NAME = "simclr-pipeline"
+ARTIFACT_KEY = "simclr-results"
+PARENT_ENV = "SIMCLR_PARENT_RUN_ID"  # read by components.tracking.runs.tracked_stage
+EXIT_BAD_INPUT = 2  # `simclr` exits 2 on a PipelineError (bad config or data): never retried
+SKIPPED = "skipped (up to date)"
+RAN = "ran"
+TAIL_LINES = 20
+
+# Stages that touch a network or a cluster (S3 sources, Ray workers, the model registry) and can
+# fail transiently; the others are deterministic functions of their inputs.
+RETRIES = {"ingest": 2, "pretrain": 2, "register": 2}
+VENV_BIN = Path(sys.executable).parent
+
+
+class StageFailed(RuntimeError):
+    """A stage's ``dvc`` command failed; ``bad_input`` when ``simclr`` rejected its input (exit 2)."""
+
+    def __init__(self, stage: str, returncode: int, tail: list[str], bad_input: bool):
+        self.stage, self.returncode, self.bad_input = stage, returncode, bad_input
+        kind = "bad input, not retried" if bad_input else f"exit status {returncode}"
+        super().__init__(f"stage {stage} failed ({kind}):\n" + "\n".join(tail))
+
+
+# ----------------------------------------------------------------------------- config
+def read_stage_order(project: Path) -> list[str]:
+    """The stage names of ``dvc.yaml``, in file order (the pipeline's order)."""
+    dvc_yaml = project / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        raise ConfigError(f"{dvc_yaml}: file not found (is project_dir a checkout of the project?)")
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    if not stages:
+        raise ConfigError(f"{dvc_yaml}: no stages")
+    return list(stages)
+
+
+def select_stages(order: list[str], wanted: list[str] | None) -> list[str]:
+    if not wanted:
+        return order
+    unknown = [name for name in wanted if name not in order]
+    if unknown:
+        raise ConfigError(f"stages: unknown {', '.join(unknown)}; dvc.yaml has {', '.join(order)}")
+    return [name for name in order if name in wanted]
+
+
+def apply_params(project: Path, preset: str | None, overrides: list[str]) -> PipelineConfig:
+    """Merge ``preset`` and ``overrides`` into ``params.yaml``, validate, write it back if changed.
+
+    Like ``dvc exp run -S``: only the given keys change (defaults are not written out), so DVC's
+    params dependencies see exactly the changed values.
+    """
+    params = project / "params.yaml"
+    if not params.is_file():
+        raise ConfigError(f"{params}: file not found")
+    original = yaml.safe_load(params.read_text()) or {}
+    if not isinstance(original, dict):
+        raise ConfigError(f"{params}: top level must be a mapping")
+    merged = original
+    if preset:
+        path = preset_path(preset, project)
+        if not path.is_file():
+            raise ConfigError(f"preset {preset!r}: {path} not found")
+        merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
+    for override in overrides:
+        merged = deep_merge(merged, parse_override(override))
+    cfg = config_from_dict(merged)  # raises ConfigError naming the key, before anything is written
+    if merged != original:
+        tmp = params.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
+        tmp.replace(params)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- dvc
+def dvc_env(parent_run_id: str | None) -> dict[str, str]:
+    """The stage subprocess environment: venv first on PATH (``simclr``), MLflow parent, no analytics."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1"}
+    if parent_run_id:
+        env[PARENT_ENV] = parent_run_id
+    flow_run_id = flow_run.id
+    if flow_run_id:
+        env["PREFECT__FLOW_RUN_ID"] = str(flow_run_id)  # lineage tag of each stage's MLflow run
+    return env
+
+
+def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) -> list[str]:
+    """Run ``args`` in ``project``, streaming its output to the Prefect logger; the output lines.
+
+    Raises :class:`StageFailed` with the last lines of output when it exits non-zero.
+    """
+    logger = get_run_logger()
+    lines: list[str] = []
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            for line in raw.rstrip("\n").split("\r"):  # progress bars redraw with \r
+                if line.strip():
+                    logger.info("[%s] %s", stage, line)
+                    lines.append(line)
+                    tail.append(line)
+        returncode = proc.wait()
+    if returncode != 0:
+        bad_input = any(f"exited with {EXIT_BAD_INPUT}" in line for line in tail)
+        raise StageFailed(stage, returncode, list(tail), bad_input)
+    return lines
+
+
+def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> dict[str, Any]:
+    """DVC's answer for this one stage: ``{}`` when up to date, else what changed."""
+    import json
+
+    out = run_logged(stage, [str(VENV_BIN / "dvc"), "status", "--json", stage], project, env)
+    documents = [line for line in out if line.lstrip().startswith("{")]
+    status = json.loads(documents[-1]) if documents else {}
+    return status.get(stage) or {}
+
+
+# ----------------------------------------------------------------------------- tasks
+def retry_unless_bad_input(task_: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry unless ``simclr`` rejected the stage's input."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        with contextlib.suppress(Exception):
+            error = state.result(raise_on_failure=False)
+    return not (isinstance(error, StageFailed) and error.bad_input)
+
+
+@task(task_run_name="{stage}", retry_condition_fn=retry_unless_bad_input)
+def run_stage(stage: str, project_dir: str, parent_run_id: str | None) -> str:
+    """One stage: ``dvc repro --single-item <stage>`` when DVC says it is stale, else skip."""
+    logger = get_run_logger()
+    project = Path(project_dir)
+    env = dvc_env(parent_run_id)
+    changes = stage_is_stale(stage, project, env)
+    if not changes:
+        logger.info("stage %s: %s", stage, SKIPPED)
+        return SKIPPED
+    logger.info("stage %s is stale: %s", stage, changes)
+    run_logged(stage, [str(VENV_BIN / "dvc"), "repro", "--single-item", stage], project, env)
+    return RAN
+
+
+def stage_task(stage: str, retry_backoff_s: float) -> Any:
+    retries = RETRIES.get(stage, 0)
+    return run_stage.with_options(
+        name=f"stage-{stage}", retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_s) if retries else 0)
+
+
+# ----------------------------------------------------------------------------- tracking
+@contextlib.contextmanager
+def in_dir(path: Path) -> Iterator[None]:
+    """The tracking library resolves the store and lineage from the working directory."""
+    with contextlib.chdir(path):
+        yield
+
+
+def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    fragment = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"[MLflow run {run_id}]({tracking_uri.rstrip('/')}/{fragment})"
+    return (f"MLflow run `{run_id}` (experiment {experiment_id}) in `{tracking_uri}`: "
+            f"`mlflow ui --backend-store-uri {tracking_uri}` then open `/{fragment}`")
+
+
+def results_markdown(project: Path, cfg: PipelineConfig, outcomes: dict[str, str],
+                     link: str) -> str:
+    outputs = Path(cfg.paths.outputs)
+    results = (outputs if outputs.is_absolute() else project / outputs) / "report" / "results.md"
+    parts = ["# SimCLR pipeline run", "", link, "", "| stage | outcome |", "|---|---|"]
+    parts += [f"| {stage} | {outcome} |" for stage, outcome in outcomes.items()]
+    parts += [""]
+    if results.is_file():
+        parts += ["## Results", "", results.read_text()]
+    else:
+        parts += [f"_No results table yet ({results.relative_to(project)} is written by the "
+                  "report stage)._"]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- flow
+@flow(name=FLOW_NAME, log_prints=True)
+def simclr_pipeline(
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    project_dir: str | None = None,
+    stages: list[str] | None = None,
+    retry_backoff_s: float = 10.0,
+) -> dict[str, str]:
+    """Run the stale stages of ``dvc.yaml`` in order; returns ``{stage: "ran" | "skipped ..."}``.
+
+    Args:
+        preset: a preset under ``presets/`` (or a YAML path) merged into ``params.yaml``.
+        overrides: ``key.path=value`` settings merged after the preset (``dvc exp run -S``).
+        project_dir: the project checkout (a git + DVC repo); default: the working directory.
+        stages: run only these stages (in pipeline order); default: all of ``dvc.yaml``.
+        retry_backoff_s: first retry delay of the retried stages (doubles each retry).
+    """
+    from components.tracking.runs import (
+        end_pipeline_run,
+        resolve_tracking_uri,
+        start_pipeline_run,
+        tracking_client,
+    )
+
+    logger = get_run_logger()
+    project = Path(project_dir or os.getcwd()).resolve()
+    selected = select_stages(read_stage_order(project), stages)
+    cfg = apply_params(project, preset, list(overrides or []))
+    logger.info("project %s, stages %s", project, ", ".join(selected))
+
+    with in_dir(project):
+        tracking_uri = resolve_tracking_uri(cfg, project)
+        experiment_id = tracking_client(cfg)[1]
+        parent = start_pipeline_run(cfg, run_name=f"pipeline-{flow_run.name or 'local'}")
+        tracking_client(cfg)[0].set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))
+    logger.info("MLflow parent run %s (%s)", parent, tracking_uri)
+    outcomes: dict[str, str] = {}
+    status = "FAILED"
+    try:
+        for stage in selected:
+            outcomes[stage] = stage_task(stage, retry_backoff_s)(stage, str(project), parent)
+        status = "FINISHED"
+    finally:
+        with in_dir(project):
+            end_pipeline_run(parent, status, cfg)
+        pending = [stage for stage in selected if stage not in outcomes]
+        if pending and status == "FAILED":
+            outcomes[pending.pop(0)] = "failed"
+        outcomes.update({stage: "not run" for stage in pending})
+        link = mlflow_run_link(tracking_uri, experiment_id, parent)
+        create_markdown_artifact(results_markdown(project, cfg, outcomes, link), key=ARTIFACT_KEY,
+                                 description=f"SimCLR pipeline results; {link}")
+    return outcomes
