@@ -447,6 +447,10 @@ def _maybe_crash(job: PretrainJob, rank: int, world: int, epochs_done: int) -> N
     marker = Path(job.crash_marker)
     if marker.exists():
         return
+    import ray.train
+
+    # Die only once Ray has registered this epoch's checkpoint, so the restart point is fixed.
+    ray.train.get_all_reported_checkpoints(timeout_s=60)
     marker.write_text(f"killed rank {rank} after epoch {epochs_done}\n")
     os._exit(1)
 
