@@ -169,6 +169,7 @@ def start_seaweedfs(workdir: Path, timeout: float = START_TIMEOUT_S) -> S3Server
         f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: would clash across servers
         f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}",
         "-master.volumeSizeLimitMB=64", "-volume.max=0", "-metricsPort=0",
     ]

@@ -8,6 +8,7 @@ are then decoded in batches, so a folder larger than memory streams into the sto
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from components.config import SourceConfig
 from components.data.source_data import Batch, Progress, SourceData, class_names
 from components.data.split import stratified_split
 from components.errors import DataError
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = {".png", ".jpg", ".jpeg"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -123,6 +126,7 @@ def open_image_folder(root: Path, cfg: SourceConfig, split_seed: int) -> SourceD
                   "test": ([f for f, t in zip(files, is_test, strict=True) if t], labels[is_test])}
     classes = class_names(cfg, found, len(found) - 1, str(root))
     all_files = [f for files, _ in splits.values() for f in files]
+    log.info("%s: %d images in %d classes; reading headers", root, len(all_files), len(classes))
     height, width, channels = target_geometry(all_files, cfg, root)
 
     def batches() -> Iterator[Batch]:

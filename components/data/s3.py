@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,6 +21,7 @@ from components.errors import DataError
 
 log = logging.getLogger(__name__)
 
+DOWNLOAD_THREADS = 8
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
           "AllAccessDisabled", "ExpiredToken", "InvalidToken"}
 
@@ -86,19 +88,29 @@ def download_prefix(url: str, dest: Path) -> Path:
 
     bucket, prefix = parse_s3_url(url)
     objects = list_objects(url)
-    client = _client()
+    client = _client()  # boto3 clients are thread-safe
     total = sum(size for _, size in objects)
     log.info("%s: downloading %d objects (%.1f MB)", url, len(objects), total / 1e6)
+    targets = []
     for key, _ in objects:
         relative = PurePosixPath(key[len(prefix):])
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise DataError(f"s3://{bucket}/{key}: key escapes the prefix {url}")
-        target = dest.joinpath(*relative.parts)
+        targets.append((key, dest.joinpath(*relative.parts)))
+
+    def fetch(item: tuple[str, Path]) -> None:
+        key, target = item
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             client.download_file(bucket, key, str(target))
         except (ClientError, BotoCoreError) as err:
             raise _explain(f"s3://{bucket}/{key}", err) from err
+
+    # many small objects (image folders) are latency-bound: fetch several at once
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        for done, _ in enumerate(pool.map(fetch, targets), start=1):
+            if done % 5000 == 0:
+                log.info("%s: %d/%d objects downloaded", url, done, len(targets))
     return dest
 
 
