@@ -1,0 +1,79 @@
+"""The flow end to end over a project copy: real DVC, real MLflow store, real Prefect API."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+from prefect.artifacts import Artifact
+
+from flows.pipeline import ARTIFACT_KEY, RAN, SKIPPED, simclr_pipeline
+from tests.flows.conftest import DATA_STAGES, project_with_store, task_runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_api):
+    yield from project_with_store(tmp_path_factory.mktemp("flow") / "project")
+
+
+def run_flow(project, **parameters):
+    return simclr_pipeline(project_dir=str(project.root), return_state=True, **parameters)
+
+
+def test_first_run_runs_every_stale_stage_under_one_parent_mlflow_run(project):
+    state = run_flow(project, preset="tiny", stages=DATA_STAGES)
+    assert state.is_completed(), state.message
+    assert state.result() == {"ingest": RAN, "subsets": RAN}
+
+    # DVC recorded both runs and agrees nothing is stale
+    lock = (project.root / "dvc.lock").read_text()
+    assert "ingest:" in lock and "subsets:" in lock
+    assert project.dvc("status", *DATA_STAGES).stdout.strip().endswith("up to date.")
+    # the preset was written into params.yaml, as `dvc exp run -S` would
+    assert project.params()["pretrain"]["epochs"] == 2
+
+    flow_run_id = str(state.state_details.flow_run_id)
+    client = MlflowClient(project.env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("simclr").experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("pipeline") == "true"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect_flow_run_id"] == flow_run_id
+    children = {run.data.tags["stage"]: run for run in runs
+                if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(DATA_STAGES)
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    assert children["ingest"].data.tags["prefect_flow_run_id"] == flow_run_id
+
+    artifact = Artifact.get(ARTIFACT_KEY)
+    assert artifact is not None and artifact.flow_run_id == state.state_details.flow_run_id
+    assert parent.info.run_id in artifact.data and "| subsets | ran |" in artifact.data
+
+
+def test_second_run_with_unchanged_inputs_recomputes_nothing(project):
+    lock_before = (project.root / "dvc.lock").read_text()
+    state = run_flow(project, preset="tiny", stages=DATA_STAGES)
+    assert state.is_completed(), state.message
+    assert state.result() == {"ingest": SKIPPED, "subsets": SKIPPED}
+    assert (project.root / "dvc.lock").read_text() == lock_before
+    names = set(task_runs(state.state_details.flow_run_id))
+    assert names == set(DATA_STAGES)
+
+
+def test_changed_param_reruns_only_the_stages_that_depend_on_it(project):
+    state = run_flow(project, overrides=["subsets.seed=1"], stages=DATA_STAGES)
+    assert state.is_completed(), state.message
+    assert state.result() == {"ingest": SKIPPED, "subsets": RAN}
+    assert project.dvc("status", *DATA_STAGES).stdout.strip().endswith("up to date.")
+
+
+def test_invalid_override_fails_before_any_stage_naming_the_key(project):
+    params_before = (project.root / "params.yaml").read_text()
+    state = run_flow(project, overrides=["pretrain.batch_size=-4"], stages=DATA_STAGES)
+    assert state.is_failed()
+    assert "pretrain.batch_size" in state.message
+    assert (project.root / "params.yaml").read_text() == params_before
+    assert task_runs(state.state_details.flow_run_id) == {}
+
+    state = run_flow(project, stages=["ingest", "no-such-stage"])
+    assert state.is_failed() and "no-such-stage" in state.message
