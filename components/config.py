@@ -31,7 +31,7 @@ class SourceConfig(_Section):
 
     kind: SourceKind = "idx"
     path: str | None = "/usr/share/datasets/fashion-mnist"
-    name: str = "fashion-mnist"
+    name: str = Field("fashion-mnist", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name
     classes: list[str] | None = None  # class names for sources that carry only integer labels
     image_size: int | None = None  # resize (square) for image folders; None keeps the source size
     channels: Literal[1, 3] | None = None  # None keeps the source channels

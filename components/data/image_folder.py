@@ -79,7 +79,9 @@ def _header(path: Path) -> tuple[tuple[int, int], str]:
 
 
 def target_geometry(files: list[Path], cfg: SourceConfig, root: Path) -> tuple[int, int, int]:
-    """(H, W, C) of the stored images, from the headers of every file."""
+    """(H, W, C) of the stored images: from the config, else from the headers of every file."""
+    if cfg.image_size is not None and cfg.channels is not None:
+        return cfg.image_size, cfg.image_size, cfg.channels  # no header pass needed
     sizes: dict[tuple[int, int], Path] = {}
     colour = False
     for path in files:

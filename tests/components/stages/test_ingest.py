@@ -197,3 +197,10 @@ def test_cli_bad_s3_source(case: str, tmp_path: Path, tracking_uri: str, capsys,
         url, expected = "s3://cli-bucket/present", "s3://cli-bucket/present: access denied"
     p = params(tmp_path, tracking_uri, {"kind": "idx", "path": url, "name": "src"})
     assert_rejected(["ingest", "--params", str(p)], expected, capsys, {previous: before})
+
+
+def test_source_name_must_be_a_plain_folder_name(tmp_path: Path, tracking_uri: str, capsys) -> None:
+    p = params(tmp_path, tracking_uri, {"kind": "digits", "path": None, "name": "../escape"})
+    assert_rejected(["ingest", "--params", str(p)], "data.source.name: String should match",
+                    capsys, {})
+    assert not (tmp_path / "escape").exists()
