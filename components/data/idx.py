@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 UINT8 = 0x08
 SPLIT_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
-BATCH = 8192
+BATCH = 8192  # images per streamed batch (fewer for large images, see BATCH_BYTES)
+BATCH_BYTES = 64 << 20
+CHUNK = 16 << 20
 
 
 def _open(path: Path) -> BinaryIO:
@@ -37,13 +39,21 @@ def _open(path: Path) -> BinaryIO:
 
 
 def _read_exact(stream: BinaryIO, n: int, path: Path) -> bytes:
+    # read in bounded chunks: a corrupt header may claim terabytes, which must end in
+    # "truncated", not in one giant allocation
+    parts, got = [], 0
     try:
-        data = stream.read(n)
+        while got < n:
+            data = stream.read(min(CHUNK, n - got))
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
     except (EOFError, OSError, zlib.error) as err:
         raise DataError(f"{path}: truncated or corrupt ({err})") from err
-    if len(data) != n:
-        raise DataError(f"{path}: truncated (expected {n} more bytes, got {len(data)})")
-    return data
+    if got != n:
+        raise DataError(f"{path}: truncated (expected {n} more bytes, got {got})")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_header(stream: BinaryIO, path: Path, ndim: int) -> tuple[int, ...]:
@@ -89,6 +99,7 @@ def iter_images(path: Path, batch: int = BATCH) -> Iterator[np.ndarray]:
         count, height, width = read_header(stream, path, ndim=3)
         if height == 0 or width == 0:
             raise DataError(f"{path}: IDX images have size {height}x{width}")
+        batch = max(1, min(batch, BATCH_BYTES // (height * width)))
         for start in range(0, count, batch):
             n = min(batch, count - start)
             raw = _read_exact(stream, n * height * width, path)

@@ -74,7 +74,7 @@ def _header(path: Path) -> tuple[tuple[int, int], str]:
     try:
         with Image.open(path) as image:
             return image.size, image.mode
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         raise DataError(f"{path}: unreadable image ({err})") from err
 
 
@@ -105,7 +105,8 @@ def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray
         with Image.open(path) as image:
             image.load()
             image = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as err:
         raise DataError(f"{path}: unreadable image ({err})") from err
     if image.size != (width, height):
         scale = max(width / image.width, height / image.height)

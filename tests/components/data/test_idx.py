@@ -121,3 +121,12 @@ def test_folder_without_idx_files_or_missing_pair(tmp_path):
         ingest(idx_source(folder), tmp_path / "out")
     with pytest.raises(DataError, match=f"{tmp_path / 'nope'}: source path not found"):
         ingest(idx_source(tmp_path / "nope"), tmp_path / "out")
+
+
+def test_header_claiming_huge_sizes_ends_in_truncated_not_memory_error(tmp_path):
+    folder = random_idx_folder(tmp_path / "src", gz=True)
+    path = folder / "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + (40).to_bytes(4, "big") + (60000).to_bytes(4, "big") * 2
+    path.write_bytes(gzip.compress(header + bytes(1000)))
+    with pytest.raises(DataError, match=f"{path}: truncated"):
+        ingest(idx_source(folder), tmp_path / "out")

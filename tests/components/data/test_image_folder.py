@@ -85,3 +85,12 @@ def test_many_small_images_stream_into_several_shards(tmp_path, monkeypatch):
     ds = ingest(root, tmp_path / "out", shard_size=10)
     assert len(ds.split("train")) + len(ds.split("test")) == 90
     assert len(ds.manifest["splits"]["train"]["shards"]) == 8  # 72 train images / 10 per shard
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    root = make_folder(tmp_path / "src", {"a": 2, "b": 2}, size=(40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x40 > 2 x 100 pixels: a "bomb"
+    with pytest.raises(DataError, match=r"src/a/00[01].png: unreadable image .*decompression bomb"):
+        ingest(root, tmp_path / "out")
