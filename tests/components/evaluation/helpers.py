@@ -100,6 +100,7 @@ def eval_params(tmp: Path, transfer: list[dict[str, Any]] | None = None) -> dict
                  "transfer": transfer if transfer is not None
                  else [{"kind": "digits", "path": None, "name": "digits"}]},
         "subsets": {"fractions": [0.01, 0.1], "seed": 0},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
         "model": dict(SMALL_MODEL),
         "evaluate": {
             "batch_size": 256,
@@ -133,7 +134,7 @@ def build_project(tmp: Path, transfer: list[dict[str, Any]] | None = None,
     if with_subsets:
         write_subsets(paths.subsets, dataset, cfg.subsets.fractions, cfg.subsets.seed)
     if with_encoder:
-        save_random_encoder(paths.stage_dir("pretrain") / "encoder.pt")
+        save_random_encoder(paths.stage_dir("pretrain") / "encoder.pt", seed=1)  # != baselines
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     return cfg, params_file
