@@ -122,3 +122,90 @@ def local_copy(url: str) -> Iterator[Path]:
         yield download_prefix(url, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class S3Path:
+    """A read-only, pathlib-like view of the objects under an S3 prefix (listed once).
+
+    Supports what the image-folder reader needs (``/``, ``name``, ``suffix``, ``is_dir``,
+    ``is_file``, ``exists``, ``iterdir``, ``read_bytes``) so images stream straight from S3
+    without a local copy. ``str()`` is the object's ``s3://`` URL, so errors name the key.
+    """
+
+    def __init__(self, index: _Index, relative: str = ""):
+        self._index = index
+        self._relative = relative
+
+    @classmethod
+    def root(cls, url: str) -> S3Path:
+        return cls(_Index(url))
+
+    def __truediv__(self, name: str) -> S3Path:
+        return S3Path(self._index, f"{self._relative}/{name}" if self._relative else name)
+
+    def __str__(self) -> str:
+        base = f"s3://{self._index.bucket}/{self._index.prefix}".rstrip("/")
+        return f"{base}/{self._relative}" if self._relative else base
+
+    def __repr__(self) -> str:
+        return f"S3Path({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, S3Path) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __lt__(self, other: S3Path) -> bool:
+        return str(self) < str(other)
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self._relative).name
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self._relative).suffix
+
+    def is_dir(self) -> bool:
+        return self._relative in self._index.children
+
+    def is_file(self) -> bool:
+        return self._relative in self._index.files
+
+    def exists(self) -> bool:
+        return self.is_dir() or self.is_file()
+
+    def iterdir(self) -> Iterator[S3Path]:
+        for child in sorted(self._index.children.get(self._relative, ())):
+            yield self / child
+
+    def read_bytes(self) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = f"{self._index.prefix}{self._relative}"
+        try:
+            return self._index.client.get_object(Bucket=self._index.bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as err:
+            raise _explain(str(self), err) from err
+
+
+class _Index:
+    """Keys under a prefix as relative files and {folder: child names}."""
+
+    def __init__(self, url: str):
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.client = _client()
+        self.files: set[str] = set()
+        self.children: dict[str, set[str]] = {"": set()}
+        for key, _ in list_objects(url):
+            relative = key[len(self.prefix):]
+            parts = PurePosixPath(relative).parts
+            if ".." in parts:
+                raise DataError(f"s3://{self.bucket}/{key}: key escapes the prefix {url}")
+            self.files.add(relative)
+            for depth in range(len(parts)):
+                parent = "/".join(parts[:depth])
+                self.children.setdefault(parent, set()).add(parts[depth])
+                if depth < len(parts) - 1:
+                    self.children.setdefault("/".join(parts[:depth + 1]), set())

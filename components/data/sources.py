@@ -1,8 +1,9 @@
 """Open a configured source (local folder or S3 prefix) and ingest it into the canonical store.
 
 ``SourceConfig.kind`` picks the reader: ``idx`` (MNIST-style), ``digits`` (scikit-learn),
-``image_folder`` or ``cifar``. A ``path`` of the form ``s3://bucket/prefix`` is first copied
-into a temporary folder, and errors then name the S3 key instead of the local copy.
+``image_folder`` or ``cifar``. A ``path`` of the form ``s3://bucket/prefix`` is read in place
+for image folders (objects stream in batches); the few files of IDX and CIFAR sources are
+first copied into a temporary folder, and errors then name the S3 key, not the local copy.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def open_source(cfg: SourceConfig, split_seed: int, stack: ExitStack) -> SourceD
 
         return open_digits(cfg, split_seed)
     assert cfg.path is not None  # SourceConfig validates this
+    if s3.is_s3_url(cfg.path) and cfg.kind == "image_folder":
+        from components.data.image_folder import open_image_folder
+
+        return open_image_folder(s3.S3Path.root(cfg.path), cfg, split_seed)  # streams, no copy
     local, url = Path(cfg.path), None
     if s3.is_s3_url(cfg.path):
         url = cfg.path

@@ -65,3 +65,25 @@ def test_corrupt_object_error_names_the_s3_key(tmp_path, s3_server):
     s3_server.upload_folder(idx, "s3://sources/broken")
     with pytest.raises(DataError, match="s3://sources/broken/train-images-idx3-ubyte.gz: truncated"):
         ingest("idx", "s3://sources/broken", tmp_path / "out")
+
+
+def test_image_folder_streams_from_s3_without_a_local_copy(tmp_path, s3_server, monkeypatch):
+    import components.data.s3 as s3
+
+    def no_copy(url):
+        raise AssertionError("image folders must not be copied locally")
+
+    monkeypatch.setattr(s3, "local_copy", no_copy)
+    folder = tmp_path / "split"
+    image_folder(folder / "train", {"a": 3, "b": 3}, size=(5, 5))
+    image_folder(folder / "test", {"a": 1, "b": 1}, size=(5, 5))
+    s3_server.upload_folder(folder, "s3://sources/split-images")
+    ds = ingest("image_folder", "s3://sources/split-images", tmp_path / "out")
+    assert ds.manifest["splits"]["train"]["counts_per_class"] == [3, 3]
+    assert ds.manifest["splits"]["test"]["counts_per_class"] == [1, 1]
+    assert ds.classes == ["a", "b"]
+
+    (folder / "train" / "b" / "002.png").write_bytes(b"broken")
+    s3_server.upload_folder(folder, "s3://sources/broken-images")
+    with pytest.raises(DataError, match="s3://sources/broken-images/train/b/002.png: unreadable"):
+        ingest("image_folder", "s3://sources/broken-images", tmp_path / "out2")
