@@ -11,6 +11,15 @@ from components.models.simclr import build_simclr_model
 from components.optim import WarmupCosine, build_optimizer, peak_lr
 from components.training.step import TrainStep
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is faster and steadier."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 BATCH = 16
 
 
@@ -59,7 +68,7 @@ def test_views_are_first_all_view1_then_all_view2() -> None:
 def test_loss_falls_on_a_fixed_batch_and_parameters_move() -> None:
     model, _, _, step = _setup()
     before = [p.detach().clone() for p in model.parameters()]
-    losses = [step(_images(), s, torch.Generator().manual_seed(0))["loss"] for s in range(12)]
+    losses = [step(_images(), s, torch.Generator().manual_seed(0))["loss"] for s in range(8)]
     assert losses[-1] < losses[0]
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
