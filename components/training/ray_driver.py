@@ -168,6 +168,9 @@ def run_pretraining(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    filesystem = _storage_filesystem(storage)
+    # With an explicit filesystem Ray wants the path without its scheme (bucket/prefix).
+    ray_storage = storage.split("://", 1)[1] if filesystem is not None else storage
     ray_init_s = connect_ray(cfg)
     job = PretrainJob(
         config=cfg.model_dump(mode="json"), dataset_path=str(dataset_path), run_name=name,
@@ -184,7 +187,7 @@ def run_pretraining(
                                   **({"GPU": 1} if cfg.ray.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage, storage_filesystem=_storage_filesystem(storage),
+            name=name, storage_path=ray_storage, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
