@@ -80,7 +80,7 @@ def test_stage_that_keeps_failing_fails_the_flow_naming_the_stage(project, dvc_l
     client = MlflowClient(project.env["MLFLOW_TRACKING_URI"])
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("simclr").experiment_id],
-        f"tags.prefect_flow_run_id = '{state.state_details.flow_run_id}'")
+        f"tags.prefect_flow_run_id = '{state.state_details.flow_run_id}' and tags.pipeline = 'true'")
     assert parent.info.status == "FAILED"
 
 
