@@ -168,7 +168,7 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
             step += 1

@@ -55,16 +55,21 @@ def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fit_logistic_regression(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight (C, D) and bias (C,) minimising mean cross-entropy + ``l2 * ||W||^2``.
 
-    x: float32 (N, D), already standardised; y: int64 (N,).
+    x: float32 (N, D), already standardised; y: int64 (N,). ``init`` warm-starts from a previous
+    solution (the objective is convex: the optimum does not depend on the start).
     """
-    weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
-    bias = torch.zeros(num_classes, requires_grad=True)
+    if init is None:
+        weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+        bias = torch.zeros(num_classes, requires_grad=True)
+    else:
+        weight, bias = (t.detach().clone().requires_grad_(True) for t in init)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-7, tolerance_change=1e-10,
+                                  tolerance_grad=1e-5, tolerance_change=1e-8,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -119,17 +124,23 @@ def fit_linear_probe(
         tr, va = _validation_split(np.asarray(labels), val_fraction, seed)
         mean, std = _standardiser(x_all[tr])
         x_tr, x_va = (x_all[tr] - mean) / std, (x_all[va] - mean) / std
+        solutions = {}
+        previous = None  # regularisation path: strongest L2 first, each warm-starts the next
         for l2 in grid:
-            weight, bias = fit_logistic_regression(x_tr, y_all[tr], num_classes, l2, max_iter)
+            weight, bias = fit_logistic_regression(x_tr, y_all[tr], num_classes, l2, max_iter,
+                                                   init=previous)
+            previous = solutions[l2] = (weight, bias)
             predictions = (x_va @ weight.T + bias).argmax(dim=1)
             val_accuracy[l2] = float((predictions == y_all[va]).float().mean())
             log.info("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
                      val_accuracy[l2], len(tr), len(va))
         chosen = max(grid, key=lambda l2: val_accuracy[l2])  # first maximum = strongest L2
+        start = solutions[chosen]
     else:
-        chosen = grid[0]
+        chosen, start = grid[0], None
     mean, std = _standardiser(x_all)
-    weight, bias = fit_logistic_regression((x_all - mean) / std, y_all, num_classes, chosen, max_iter)
+    weight, bias = fit_logistic_regression((x_all - mean) / std, y_all, num_classes, chosen, max_iter,
+                                           init=start)
     return LinearProbe(mean, std, weight, bias, chosen, val_accuracy)
 
 
