@@ -7,6 +7,7 @@ with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ def save_encoder(
 ) -> Path:
     """Write the encoder's weights and what is needed to rebuild it; returns the path.
 
-    ``meta`` must hold plain data (str, numbers, bools, lists, dicts, None).
+    ``meta`` must hold plain data (str, numbers, bools, lists, dicts, None); NumPy / torch
+    scalars are converted, so that ``torch.load(weights_only=True)`` can read the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def save_encoder(
         "in_channels": int(in_channels),
         "image_size": int(image_size),
         "state_dict": state,
-        "meta": dict(meta or {}),
+        "meta": _plain(meta or {}),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -67,6 +69,17 @@ def save_encoder(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _plain(meta: dict[str, Any]) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if hasattr(value, "item") and callable(value.item):  # NumPy / torch scalars
+            return value.item()
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"checkpoint meta: {type(value).__name__} is not plain data")
+
+    return json.loads(json.dumps(meta, default=convert))
 
 
 def load_encoder(

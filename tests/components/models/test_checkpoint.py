@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,14 +25,15 @@ def _trained_encoder():
 
 def test_round_trip_gives_identical_outputs(tmp_path) -> None:
     enc = _trained_encoder()
-    path = save_encoder(tmp_path / "sub" / "encoder.pt", enc, CFG, 1, 28, {"epoch": 3, "loss": 1.5})
+    meta = {"epoch": 3, "loss": np.float32(1.5), "hist": [torch.tensor(0.25)]}
+    path = save_encoder(tmp_path / "sub" / "encoder.pt", enc, CFG, 1, 28, meta)
     loaded, spec = load_encoder(path, expect=CFG)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(enc(x), loaded(x))
     assert not loaded.training
     assert (spec.model, spec.in_channels, spec.image_size) == (CFG, 1, 28)
-    assert spec.meta == {"epoch": 3, "loss": 1.5}
+    assert spec.meta == {"epoch": 3, "loss": 1.5, "hist": [0.25]}
     assert [p.name for p in path.parent.iterdir()] == ["encoder.pt"]  # no temporary left over
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "simclr-encoder/1" and raw["model"]["arch"] == "small"
