@@ -20,6 +20,8 @@ order. ``FailureConfig(max_failures)`` restarts a group whose worker died from t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -54,6 +56,10 @@ CRASH_EPOCH_ENV = "SIMCLR_TEST_CRASH_AFTER_EPOCH"
 
 # Sections whose values change what is trained; the run name hashes them with the data hash.
 TRAINING_SECTIONS = ("seed", "augment", "model", "pretrain")
+# pretrain.* keys that only change monitoring or speed, not the weights: editing them (or the
+# ray section: workers, address, storage) after a crash still resumes the same run.
+NOT_TRAINING_KEYS = ("checkpoint_every", "knn_every", "knn_k", "knn_images",
+                     "threads_per_worker")
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,17 @@ class PretrainOutcome:
 
 # ----------------------------------------------------------------------------- driver side
 def run_name_for(cfg: PipelineConfig, content_hash: str) -> str:
-    """Deterministic Ray run name: data content + every parameter that changes the training."""
-    return f"pretrain-{content_hash[:12]}-{cfg.digest(*TRAINING_SECTIONS)[:12]}"
+    """Deterministic Ray run name: data content + every parameter that changes the training.
+
+    The global batch order does not depend on the number of workers, so ``ray.*`` is left
+    out: a run may resume on a different number of workers.
+    """
+    dumped = cfg.model_dump(mode="json")
+    chosen = {name: dumped[name] for name in TRAINING_SECTIONS}
+    chosen["pretrain"] = {k: v for k, v in chosen["pretrain"].items()
+                          if k not in NOT_TRAINING_KEYS}
+    digest = hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+    return f"pretrain-{content_hash[:12]}-{digest[:12]}"
 
 
 def resolve_storage(storage_path: str) -> str:

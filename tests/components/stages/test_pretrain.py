@@ -1,4 +1,8 @@
-"""Stage ``pretrain`` end to end on real Ray workers and a 512-image Fashion-MNIST slice."""
+"""Stage ``pretrain`` end to end on real Ray workers and a 512-image Fashion-MNIST slice.
+
+One test (each Ray ``fit()`` costs 15-40 s of fixed overhead here): the stage process is killed
+after a checkpoint, the stage is run again, and the resumed run's outputs are checked.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.config import PipelineConfig
 from components.data.store import CanonicalDataset
 from components.models.checkpoint import load_encoder
 from components.stages.catalog import stage_function
+from components.stages.common import StageResult
 from components.stages.pretrain import run
 from components.training.ray_driver import run_name_for
 from tests.components.training.conftest import fmnist_root, ray_session, tiny_config  # noqa: F401
@@ -26,44 +32,10 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_pretrain_stage_writes_encoder_metrics_history_and_plot(
-        ray_session: str, fmnist_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    cfg = tiny_config(fmnist_root, tmp_path)
-    assert stage_function("pretrain") is run
-    result = run(cfg)
-    out = tmp_path / "outputs" / "pretrain"
-    encoder, spec = load_encoder(out / "encoder.pt", expect=cfg.model)
-    assert (spec.in_channels, spec.image_size) == (1, 28)
-    assert spec.meta["ray_run_name"] == result.tags["ray_run_name"]
-    with torch.no_grad():
-        assert encoder(torch.rand(2, 1, 28, 28)).shape == (2, encoder.feature_dim)
-
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics == result.metrics
-    for name in ("final_loss", "contrastive_acc", "images_per_s", "epochs", "wall_time_s",
-                 "knn_top1"):
-        assert name in metrics, name
-    assert metrics["epochs"] == 3 and 0.0 <= metrics["knn_top1"] <= 1.0
-    history = json.loads((out / "history.json").read_text())
-    assert history == result.history
-    assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert history[-1]["loss"] < history[0]["loss"]
-    for key in ("step", "loss", "lr", "contrastive_acc", "images_per_s", "knn_top1",
-                "resumed_from"):
-        assert key in history[0], key
-    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    dataset = CanonicalDataset(fmnist_root / "datasets" / "fashion-mnist")
-    assert result.tags["ray_run_name"] == run_name_for(cfg, dataset.content_hash)
-    # checkpoints live outside the stage outputs (DVC deletes outs before a stage runs)
-    assert Path(result.tags["ray_checkpoint"]).is_relative_to(Path(cfg.ray.storage_path))
-    assert not Path(cfg.ray.storage_path).is_relative_to(out)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
 def test_killed_stage_process_resumes_from_its_last_checkpoint(
         ray_session: str, fmnist_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    """SIGKILL the stage process after its 2nd checkpoint; running the stage again resumes.
+    """SIGKILL the stage process after its 2nd checkpoint; running the stage again resumes,
+    finishes, and writes the encoder (loads with load_encoder), metrics, history and plot.
 
     The killed process is a separate driver connected to the session Ray instance
     (RAY_ADDRESS); its Train controller and workers die with it (they are owned by it).
@@ -95,15 +67,46 @@ def test_killed_stage_process_resumes_from_its_last_checkpoint(
     assert "epoch 1/8 done" in text and "ETA" in text  # rank 0's progress lines reach the driver
     assert not (tmp_path / "outputs" / "pretrain" / "encoder.pt").exists()
 
-    result = run(cfg)
+    assert stage_function("pretrain") is run
+    result = run(cfg)  # the same stage again, in this process: resumes
     history = result.history
     assert [row["epoch"] for row in history] == list(range(1, 9))
     assert [row["step"] for row in history] == [8 * e for e in range(1, 9)]
     resumed = history[-1]["resumed_from"]
     assert resumed >= 2, history  # not restarted from scratch
     assert all(row["resumed_from"] == 0 for row in history[:resumed])
-    assert result.metrics["resumed_from"] == resumed
-    assert load_encoder(tmp_path / "outputs" / "pretrain" / "encoder.pt", expect=cfg.model)
+    assert all(row["resumed_from"] == resumed for row in history[resumed:])
+    assert history[-1]["loss"] < history[0]["loss"]
+    _check_outputs(cfg, result, tmp_path / "outputs" / "pretrain", fmnist_root)
+
+
+def _check_outputs(cfg: PipelineConfig, result: StageResult, out: Path, data_root: Path) -> None:
+    """encoder.pt loads with load_encoder; metrics/history JSON match the StageResult; PNG plot."""
+    encoder, spec = load_encoder(out / "encoder.pt", expect=cfg.model)
+    assert (spec.in_channels, spec.image_size) == (1, 28)
+    assert spec.meta["ray_run_name"] == result.tags["ray_run_name"]
+    with torch.no_grad():
+        assert encoder(torch.rand(2, 1, 28, 28)).shape == (2, encoder.feature_dim)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == result.metrics
+    for name in ("final_loss", "contrastive_acc", "images_per_s", "epochs", "wall_time_s",
+                 "knn_top1", "resumed_from"):
+        assert name in metrics, name
+    assert metrics["epochs"] == cfg.pretrain.epochs and 0.0 <= metrics["knn_top1"] <= 1.0
+    assert metrics["resumed_from"] == result.history[-1]["resumed_from"]
+    history = json.loads((out / "history.json").read_text())
+    assert history == result.history
+    for key in ("epoch", "step", "loss", "lr", "contrastive_acc", "images_per_s",
+                "resumed_from"):
+        assert all(key in row for row in history), key
+    knn_epochs = [row["epoch"] for row in history if "knn_top1" in row]
+    assert knn_epochs == [4, 8]  # knn_every=4
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dataset = CanonicalDataset(data_root / "datasets" / "fashion-mnist")
+    assert result.tags["ray_run_name"] == run_name_for(cfg, dataset.content_hash)
+    # checkpoints live outside the stage outputs (DVC deletes outs before a stage runs)
+    assert Path(result.tags["ray_checkpoint"]).is_relative_to(Path(cfg.ray.storage_path))
+    assert not Path(cfg.ray.storage_path).is_relative_to(out)
 
 
 def _latest_registered_epoch(run_dir: Path) -> int:

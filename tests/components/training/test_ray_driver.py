@@ -100,7 +100,10 @@ def test_run_name_is_deterministic_and_tracks_training_parameters(
     cfg = tiny_config(fmnist_root, tmp_path)
     same = tiny_config(fmnist_root, tmp_path / "elsewhere")  # other storage: same run
     other = tiny_config(fmnist_root, tmp_path, pretrain={"temperature": 0.2})
+    monitoring = tiny_config(fmnist_root, tmp_path, pretrain={"knn_every": 7},
+                             ray={"num_workers": 1})
     assert run_name_for(cfg, "abc" * 10) == run_name_for(same, "abc" * 10)
+    assert run_name_for(cfg, "abc" * 10) == run_name_for(monitoring, "abc" * 10)
     assert run_name_for(cfg, "abc" * 10) != run_name_for(other, "abc" * 10)
     assert run_name_for(cfg, "abc" * 10) != run_name_for(cfg, "abd" * 10)
 
