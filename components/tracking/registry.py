@@ -12,9 +12,10 @@ signature. A second, code-free copy exported with ``torch.export`` (pt2) is logg
 serving only (its URI is the version tag ``inference_model_uri``); pt2 loads back without
 BatchNorm modules and cannot ``.train()``, so it is never the fine-tunable copy.
 
-Concurrency: every alias change runs under :func:`registry_lock`. For a local sqlite store that
-is an exclusive ``flock`` on ``<db>.registry-lock`` next to the database, so two registrations
-(threads or processes) serialise and the second sees the first's champion. For a remote server
+Concurrency: every alias change runs under :func:`registry_lock`: an in-process lock (threads)
+and, for a local sqlite store, an exclusive ``flock`` on ``<db>.registry-lock`` next to the
+database, so two registrations (threads or processes) serialise and the second sees the first's
+champion. For a remote server
 there is no shared lock: the champion is read, the decision made, the champion re-read just before
 the aliases move, and the whole step retried if it changed in between (compare-and-set by re-reading;
 a narrow window remains between that re-read and the alias write, documented in the README).
@@ -51,7 +52,7 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 METRIC_TAG = "metric."
 CHECKPOINT_ARTIFACT = "checkpoint"
 CAS_RETRIES = 5
-_THREAD_LOCK = threading.Lock()  # flock already excludes threads (one open file each); belt+braces
+_THREAD_LOCK = threading.Lock()  # serialises this process's threads for every kind of store
 
 
 # ----------------------------------------------------------------------------- pyfunc flavour
@@ -138,18 +139,19 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 @contextmanager
 def registry_lock(client: MlflowClient) -> Iterator[None]:
     """Exclusive lock for alias changes: a flock next to a local sqlite db, else none (see module)."""
-    uri = client._registry_uri if hasattr(client, "_registry_uri") else mlflow.get_registry_uri()
-    if not str(uri).startswith("sqlite:///"):
-        yield
-        return
-    lock_path = Path(str(uri)[len("sqlite:///"):]).with_suffix(".registry-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK, lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+    uri = str(getattr(client, "_registry_uri", None) or mlflow.get_registry_uri())
+    with _THREAD_LOCK:
+        if not uri.startswith("sqlite:///"):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".registry-lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def gate_and_promote(client: MlflowClient, name: str, version: str, gate: GateConfig
@@ -178,20 +180,26 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     """
     _require_version(client, name, version)
     with registry_lock(client):
-        for _ in range(CAS_RETRIES):
-            champion = alias_version(client, name, CHAMPION)
-            if _move_champion(client, name, version, champion):
-                return None if champion is None else str(champion.version)
-        raise PipelineError(f"registry {name}: champion kept changing; retry")
+        return _promote_locked(client, name, version)
 
 
 def rollback(client: MlflowClient, name: str) -> str:
     """``champion`` back to ``previous-champion`` (which then names the demoted version)."""
-    previous = alias_version(client, name, PREVIOUS)
-    if previous is None:
-        raise PipelineError(f"registry {name}: no '{PREVIOUS}' alias to roll back to")
-    promote(client, name, str(previous.version))
+    with registry_lock(client):
+        previous = alias_version(client, name, PREVIOUS)
+        if previous is None:
+            raise PipelineError(f"registry {name}: no '{PREVIOUS}' alias to roll back to")
+        _promote_locked(client, name, str(previous.version))
     return str(previous.version)
+
+
+def _promote_locked(client: MlflowClient, name: str, version: str) -> str | None:
+    for _ in range(CAS_RETRIES):
+        champion = alias_version(client, name, CHAMPION)
+        if _move_champion(client, name, version, champion):
+            return None if champion is None else str(champion.version)
+        time.sleep(0.1)
+    raise PipelineError(f"registry {name}: champion kept changing; retry")
 
 
 def _move_champion(client: MlflowClient, name: str, version: str,

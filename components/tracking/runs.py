@@ -106,7 +106,7 @@ def tracked_stage(cfg: PipelineConfig, name: str, fn: StageFn,
                         "lineage/resolved_params.yaml")
         for path in lineage_files(cfg, root):
             client.log_artifact(run_id, str(path), "lineage")
-        with _active(run_id):
+        with _active(run_id), _system_metrics(run_id, cfg.tracking.system_metrics):
             result = fn(cfg)
         log_result(client, run_id, result)
     except BaseException as err:
@@ -223,6 +223,22 @@ def _active(run_id: str) -> Iterator[None]:
         stack = _active_run_stack.get()
         if stack and stack[-1].info.run_id == run_id:
             stack.pop()  # status is set by the caller, from the outcome
+
+
+@contextmanager
+def _system_metrics(run_id: str, enabled: bool) -> Iterator[None]:
+    """CPU/memory/GPU sampling into the run while the stage runs (``tracking.system_metrics``)."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=mlflow.get_tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def _process_tags() -> dict[str, str]:
