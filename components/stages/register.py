@@ -6,6 +6,7 @@ copy) into the stage's MLflow run, registers it under ``cfg.registry.model_name`
 metrics and lineage as tags, points ``challenger`` at it, then applies the promotion gate
 (``cfg.registry.gate``): on a pass ``champion`` moves to it and the old champion becomes
 ``previous-champion``; otherwise no alias but ``challenger`` changes and the reason is recorded.
+Rerunning it on the same encoder file with the same metrics reuses that version (no duplicate).
 
 Unlike the other stages this one needs MLflow: it must run under
 :func:`components.tracking.runs.tracked_stage` (``simclr register`` or the Prefect flow).
@@ -18,15 +19,20 @@ import logging
 from pathlib import Path
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 
 from components.config import PipelineConfig
 from components.errors import PipelineError
 from components.stages.common import StagePaths, StageResult
+from components.tracking.gate import GateDecision
 from components.tracking.lineage import file_sha256, lineage_tags
 from components.tracking.registry import (
+    CHAMPION,
+    alias_version,
     gate_and_promote,
     log_encoder,
     register_version,
+    version_metrics,
 )
 from components.tracking.runs import tracking_client
 
@@ -91,13 +97,24 @@ def run(cfg: PipelineConfig) -> StageResult:
                    f"by Ray run {tags['ray_run_name'] or '?'} at git {tags.get('git_commit', '?')[:12]}"
                    f"; {headline or 'no evaluation metrics'}")
 
-    logged = log_encoder(checkpoint, encoder, spec.in_channels, spec.image_size)
-    version = register_version(client, name, logged, run_id, metrics, tags, description)
-    try:
-        decision = gate_and_promote(client, name, version, gate)
-    except BaseException:
-        client.delete_model_version(name, version)  # nothing half-registered is left behind
-        raise
+    existing = _same_candidate(client, name, encoder_sha, metrics)
+    if existing is not None:  # a rerun with unchanged inputs: reuse the version, gate again
+        version = str(existing.version)
+        log.info("register: encoder %s with these metrics is already version %s",
+                 encoder_sha[:12], version)
+        champion = alias_version(client, name, CHAMPION)
+        if champion is not None and str(champion.version) == version:
+            decision = GateDecision(True, f"version {version} is already the champion")
+        else:
+            decision = gate_and_promote(client, name, version, gate)
+    else:
+        logged = log_encoder(checkpoint, encoder, spec.in_channels, spec.image_size)
+        version = register_version(client, name, logged, run_id, metrics, tags, description)
+        try:
+            decision = gate_and_promote(client, name, version, gate)
+        except BaseException:
+            client.delete_model_version(name, version)  # nothing half-registered is left behind
+            raise
     client.set_model_version_tag(name, version, "gate", "passed" if decision.passed else "refused")
     client.set_model_version_tag(name, version, "gate_reason", decision.reason)
     verdict = "promoted to champion" if decision.passed else "kept as challenger"
@@ -107,8 +124,19 @@ def run(cfg: PipelineConfig) -> StageResult:
                  **{f"candidate.{k}": v for k, v in metrics.items()}},
         tags={"registered_model": name, "registered_version": version,
               "gate": "passed" if decision.passed else "refused", "gate_reason": decision.reason,
-              "model_uri": logged.model_uri, "inference_model_uri": logged.inference_uri},
+              "model_uri": f"models:/{name}/{version}",
+              "inference_model_uri": client.get_model_version(name, version).tags.get(
+                  "inference_model_uri", "")},
     )
+
+
+def _same_candidate(client: mlflow.MlflowClient, name: str, sha256: str,
+                    metrics: dict[str, float]) -> ModelVersion | None:
+    """An existing version of ``name`` with this exact encoder file and the same metrics."""
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get("encoder_sha256") == sha256 and version_metrics(version) == metrics:
+            return version
+    return None
 
 
 def _pretrain_run_id(client: mlflow.MlflowClient, experiment_id: str, sha256: str) -> str | None:

@@ -86,6 +86,18 @@ def test_gate_decides_champion_challenger_and_previous(project: Path) -> None:
     assert "linear_top1=0.8000" in version.description
 
 
+def test_rerun_with_unchanged_inputs_reuses_the_version(project: Path) -> None:
+    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+    cfg = make_cfg(uri, registry=GATE)
+    first = register_candidate(project, cfg, {"linear_top1": 0.70})
+    again = tracked_stage(cfg, "register", register)  # same encoder.pt, same metrics.json
+    assert again.tags["registered_version"] == first.tags["registered_version"] == "1"
+    assert again.metrics["promoted"] == 1.0 and "already the champion" in again.tags["gate_reason"]
+    client = MlflowClient(uri, uri)
+    assert len(client.search_model_versions("name = 'simclr-encoder'")) == 1
+    assert aliases(client) == {"champion": "1", "challenger": "1"}
+
+
 def test_first_version_below_min_value_is_only_challenger(project: Path) -> None:
     uri = f"sqlite:///{project.parent / 'mlflow.db'}"
     cfg = make_cfg(uri, registry=GATE)
