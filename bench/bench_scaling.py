@@ -3,7 +3,9 @@
 Both runs train the same global batch (split over the workers), one torch thread and one CPU
 per worker, on a slice of the real Fashion-MNIST files. Reports steady-state images/s (epochs
 after the first), their ratio (goal: >= 1.7x), and Ray's fixed costs: ``ray.init`` and the
-per-``fit()`` overhead (wall time minus the time spent in training epochs).
+per-``fit()`` overhead (wall time minus the time spent in training epochs). On a shared machine
+it also gives the ratio by CPU seconds of the busiest worker: that removes time lost to other
+jobs and idle waits on the other worker, and keeps the CPU work of the communication.
 
     .venv/bin/python bench/bench_scaling.py [--images 1024] [--batch 128] [--epochs 3]
 
@@ -86,8 +88,11 @@ def main() -> None:
                 outcome = run_pretraining(bench_config(workdir, workers, args), dataset)
                 steady = outcome.history[1:] or outcome.history
                 train_s = sum(row["epoch_time_s"] for row in outcome.history)
+                images = sum(r["images_per_s"] * r["epoch_time_s"] for r in steady)
                 runs[str(workers)] = {
                     "images_per_s": sum(r["images_per_s"] for r in steady) / len(steady),
+                    # images per CPU-second of the busiest worker: descheduled time removed
+                    "images_per_busiest_cpu_s": images / sum(r["epoch_cpu_s"] for r in steady),
                     "epoch_images_per_s": [round(r["images_per_s"], 1) for r in outcome.history],
                     "final_loss": outcome.history[-1]["loss"],
                     "fit_wall_s": outcome.wall_time_s,
@@ -97,12 +102,14 @@ def main() -> None:
         finally:
             ray.shutdown()
     ratio = runs["2"]["images_per_s"] / runs["1"]["images_per_s"]
+    cpu_ratio = runs["2"]["images_per_busiest_cpu_s"] / runs["1"]["images_per_busiest_cpu_s"]
     result = {
         "benchmark": "ray_train_scaling",
         "params": vars(args),
         "baseline": "1 worker x 1 thread, same global batch",
         "runs": runs,
         "ratio_2_over_1": ratio,
+        "cpu_time_ratio_2_over_1": cpu_ratio,
         "goal_ratio": 1.7,
         "ray_init_s": ray_init_s,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -113,7 +120,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"1 worker : {runs['1']['images_per_s']:8.1f} images/s (baseline)")
     print(f"2 workers: {runs['2']['images_per_s']:8.1f} images/s")
-    print(f"ratio    : {ratio:.2f}x (goal >= 1.7x)")
+    print(f"ratio    : {ratio:.2f}x wall clock (goal >= 1.7x); {cpu_ratio:.2f}x by CPU time of "
+          f"the busiest worker (time lost to other jobs removed)")
     print(f"ray.init : {ray_init_s:.1f} s; fit() overhead: "
           f"{runs['1']['fit_overhead_s']:.1f} s (1 worker), {runs['2']['fit_overhead_s']:.1f} s "
           f"(2 workers); load average before {load_before[0]:.1f}")
