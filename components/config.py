@@ -177,6 +177,7 @@ class EvaluateConfig(_Section):
     cache_dir: str = ".cache/features"  # frozen features, keyed by encoder + data hash; not a DVC out
     embedding_method: Literal["tsne", "pca"] = "tsne"  # 2-D map of test features
     embedding_points: int = Field(2000, gt=0)
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads; None: torch's default
 
 
 # ----------------------------------------------------------------------------- tracking

@@ -26,7 +26,7 @@ from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import classification_metrics
 from components.evaluation.plots import plot_curves
 from components.evaluation.report import write_json, write_metrics
-from components.evaluation.stage_io import fresh_stage_dir
+from components.evaluation.stage_io import fresh_stage_dir, torch_threads
 from components.stages.common import StagePaths, StageResult, subset_tag
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ STAGE = "baselines"
 
 
 def run(cfg: PipelineConfig) -> StageResult:
+    with torch_threads(cfg.evaluate.threads):
+        return _run(cfg)
+
+
+def _run(cfg: PipelineConfig) -> StageResult:
     started = time.perf_counter()
     out = fresh_stage_dir(cfg, STAGE)
     paths = StagePaths.of(cfg)

@@ -20,7 +20,12 @@ from components.evaluation.inputs import load_pretrained_encoder, open_labelled_
 from components.evaluation.metrics import classification_metrics, confusion
 from components.evaluation.plots import plot_confusion, plot_curves
 from components.evaluation.report import write_json, write_metrics
-from components.evaluation.stage_io import fresh_stage_dir, indices_digest, pretrained_encoder_path
+from components.evaluation.stage_io import (
+    fresh_stage_dir,
+    indices_digest,
+    pretrained_encoder_path,
+    torch_threads,
+)
 from components.stages.common import StagePaths, StageResult, subset_tag
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,11 @@ STAGE = "finetune"
 
 
 def run(cfg: PipelineConfig) -> StageResult:
+    with torch_threads(cfg.evaluate.threads):
+        return _run(cfg)
+
+
+def _run(cfg: PipelineConfig) -> StageResult:
     started = time.perf_counter()
     out = fresh_stage_dir(cfg, STAGE)
     paths = StagePaths.of(cfg)

@@ -19,7 +19,7 @@ from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion, per_class_accuracy
 from components.evaluation.plots import plot_confusion, plot_embedding, plot_per_class
 from components.evaluation.report import write_metrics
-from components.evaluation.stage_io import fresh_stage_dir, pretrained_encoder_path
+from components.evaluation.stage_io import fresh_stage_dir, pretrained_encoder_path, torch_threads
 from components.stages.common import StagePaths, StageResult
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,11 @@ STAGE = "linear-eval"
 
 
 def run(cfg: PipelineConfig) -> StageResult:
+    with torch_threads(cfg.evaluate.threads):
+        return _run(cfg)
+
+
+def _run(cfg: PipelineConfig) -> StageResult:
     started = time.perf_counter()
     out = fresh_stage_dir(cfg, STAGE)
     encoder_path = pretrained_encoder_path(cfg)

@@ -29,7 +29,12 @@ from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion
 from components.evaluation.plots import plot_confusion
 from components.evaluation.report import write_metrics
-from components.evaluation.stage_io import fresh_stage_dir, metric_slug, pretrained_encoder_path
+from components.evaluation.stage_io import (
+    fresh_stage_dir,
+    metric_slug,
+    pretrained_encoder_path,
+    torch_threads,
+)
 from components.stages.common import StagePaths, StageResult
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,11 @@ STAGE = "transfer"
 
 
 def run(cfg: PipelineConfig) -> StageResult:
+    with torch_threads(cfg.evaluate.threads):
+        return _run(cfg)
+
+
+def _run(cfg: PipelineConfig) -> StageResult:
     started = time.perf_counter()
     out = fresh_stage_dir(cfg, STAGE)
     paths = StagePaths.of(cfg)
