@@ -93,3 +93,14 @@ def test_paths_helper_points_at_pretrain_output(tmp_path):
 
     cfg = config_from_dict({"paths": {"data": str(tmp_path), "outputs": str(tmp_path / "o")}})
     assert pretrained_encoder_path(cfg) == StagePaths.of(cfg).stage_dir("pretrain") / "encoder.pt"
+
+
+def test_torch_threads_is_restored():
+    from components.evaluation.stage_io import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
