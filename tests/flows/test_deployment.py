@@ -71,16 +71,17 @@ def project(tmp_path):
     yield from project_with_store(tmp_path / "project")
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
     """``prefect server start`` on a free loopback port, its own PREFECT_HOME; yields the env."""
+    home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_CLI_PROMPT": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_CLI_PROMPT": "false"}
     env.pop("PREFECT_API_URL", None)
-    log = tmp_path / "server.log"
+    log = home / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -91,31 +92,28 @@ def server(tmp_path):
         stop_tree(proc)
 
 
-def test_worker_runs_a_scheduled_run_of_the_deployment(project, server, tmp_path):
+def start_logged(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def first_scheduled_run(server: dict[str, str], name: str, runner: subprocess.Popen, log: Path):
+    """Wait for the first run of deployment ``name`` to finish (pausing its schedule once one runs)."""
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    deployed = subprocess.run(
-        [sys.executable, "-m", "flows.deploy", "deploy", "--interval", "10", "--preset", "tiny",
-         "--stages", *DATA_STAGES, "--project-dir", str(project.root)],
-        cwd=project.root, env=server, capture_output=True, text=True, timeout=300)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    assert "created process work pool simclr-process" in deployed.stdout
-
-    log = tmp_path / "worker.log"
-    with log.open("w") as out:
-        worker = subprocess.Popen([str(VENV_BIN / "prefect"), "worker", "start", "--pool",
-                                   "simclr-process", "--limit", "1"],
-                                  cwd=tmp_path, env=server, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), \
-                get_client(sync_client=True) as client:
-            (deployment,) = client.read_deployments(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["weekly-retrain"])))
-            assert deployment.schedules and deployment.work_pool_name == "simclr-process"
-            deadline, run, paused = time.monotonic() + RUN_TIMEOUT_S, None, False
-            while time.monotonic() < deadline:
+    deadline, run, paused, deployment = time.monotonic() + RUN_TIMEOUT_S, None, False, None
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), \
+            get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert runner.poll() is None, log.read_text()[-3000:]
+            if deployment is None:
+                found = client.read_deployments(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+                deployment = found[0] if found else None
+            if deployment is not None:
+                assert deployment.schedules
                 runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id
                         and r.state_name != "Scheduled"]
                 if runs and not paused:  # one scheduled run is enough: stop the schedule
@@ -124,16 +122,50 @@ def test_worker_runs_a_scheduled_run_of_the_deployment(project, server, tmp_path
                 run = runs[0] if runs else None
                 if run is not None and run.state.is_final():
                     break
-                assert worker.poll() is None, log.read_text()[-3000:]
-                time.sleep(1)
-            assert run is not None, f"no scheduled run started:\n{log.read_text()[-3000:]}"
-            assert run.state.is_completed(), f"{run.state}\n{log.read_text()[-4000:]}"
-            assert run.auto_scheduled and run.parameters["stages"] == DATA_STAGES
-    finally:
-        stop_tree(worker)
+            time.sleep(1)
+    assert run is not None, f"no scheduled run of {name} started:\n{log.read_text()[-3000:]}"
+    assert run.state.is_completed(), f"{run.state}\n{log.read_text()[-4000:]}"
+    assert run.auto_scheduled and run.parameters["stages"] == DATA_STAGES
+    return deployment, run
 
+
+def assert_recorded(project, run) -> None:
+    """DVC locked the stages and the run's MLflow parent run finished."""
     assert "ingest:" in (project.root / "dvc.lock").read_text()
     mlflow = MlflowClient(project.env["MLFLOW_TRACKING_URI"])
     (parent,) = mlflow.search_runs([mlflow.get_experiment_by_name("simclr").experiment_id],
                                    f"tags.prefect_flow_run_id = '{run.id}' and tags.pipeline = 'true'")
-    assert parent.info.status == "FINISHED" and parent.data.tags["pipeline"] == "true"
+    assert parent.info.status == "FINISHED"
+
+
+def test_worker_runs_a_scheduled_run_of_the_deployment(project, server, tmp_path):
+    deployed = subprocess.run(
+        [sys.executable, "-m", "flows.deploy", "deploy", "--interval", "10", "--preset", "tiny",
+         "--stages", *DATA_STAGES, "--project-dir", str(project.root)],
+        cwd=project.root, env=server, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "created process work pool simclr-process" in deployed.stdout
+
+    log = tmp_path / "worker.log"
+    worker = start_logged([str(VENV_BIN / "prefect"), "worker", "start", "--pool", "simclr-process",
+                           "--limit", "1"], tmp_path, server, log)
+    try:
+        deployment, run = first_scheduled_run(server, "weekly-retrain", worker, log)
+        assert deployment.work_pool_name == "simclr-process"
+    finally:
+        stop_tree(worker)
+    assert_recorded(project, run)
+
+
+def test_serve_runs_a_scheduled_run(project, server, tmp_path):
+    log = tmp_path / "serve.log"
+    serving = start_logged(
+        [sys.executable, "-m", "flows.deploy", "serve", "--name", "quick-serve", "--interval", "10",
+         "--preset", "tiny", "--stages", *DATA_STAGES, "--project-dir", str(project.root)],
+        project.root, server, log)
+    try:
+        deployment, run = first_scheduled_run(server, "quick-serve", serving, log)
+        assert deployment.work_pool_name is None
+    finally:
+        stop_tree(serving)
+    assert_recorded(project, run)

@@ -13,8 +13,9 @@ import time
 import pytest
 import zc.lockfile
 from mlflow import MlflowClient
+from prefect.artifacts import Artifact
 
-from flows.pipeline import RAN, simclr_pipeline
+from flows.pipeline import ARTIFACT_KEY, RAN, simclr_pipeline
 from tests.flows.conftest import project_with_store, task_runs
 
 pytestmark = pytest.mark.slow
@@ -82,6 +83,9 @@ def test_stage_that_keeps_failing_fails_the_flow_naming_the_stage(project, dvc_l
         [client.get_experiment_by_name("simclr").experiment_id],
         f"tags.prefect_flow_run_id = '{state.state_details.flow_run_id}' and tags.pipeline = 'true'")
     assert parent.info.status == "FAILED"
+    artifact = Artifact.get(ARTIFACT_KEY)  # published after a failure too
+    assert artifact.flow_run_id == state.state_details.flow_run_id
+    assert "| ingest | failed |" in artifact.data
 
 
 def test_bad_input_is_not_retried(project, restore_params):
