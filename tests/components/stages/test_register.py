@@ -13,15 +13,23 @@ from components.stages.register import run as register
 from components.tracking.runs import start_pipeline_run, tracked_stage
 from tests.components.tracking.helpers import (
     aliases,
+    fresh_store,
     git,
     make_cfg,
     make_project,
+    migrated_store,
     register_candidate,
     write_metrics,
 )
 
+__all__ = ["migrated_store"]  # session fixture: a migrated empty MLflow database
 GATE = {"gate": {"metric": "linear_top1", "min_value": 0.5, "min_improvement": 0.01,
                  "max_transfer_drop": 0.05}}
+
+
+@pytest.fixture
+def store(tmp_path: Path, migrated_store: Path) -> str:
+    return fresh_store(migrated_store, tmp_path / "mlflow.db")
 
 
 @pytest.fixture
@@ -44,8 +52,8 @@ def test_collect_metrics_merges_stage_files(tmp_path: Path) -> None:
         collect_metrics(tmp_path / "outputs")
 
 
-def test_gate_decides_champion_challenger_and_previous(project: Path) -> None:
-    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+def test_gate_decides_champion_challenger_and_previous(project: Path, store: str) -> None:
+    uri = store
     cfg = make_cfg(uri, registry=GATE)
     client = MlflowClient(uri, uri)
 
@@ -86,8 +94,8 @@ def test_gate_decides_champion_challenger_and_previous(project: Path) -> None:
     assert "linear_top1=0.8000" in version.description
 
 
-def test_rerun_with_unchanged_inputs_reuses_the_version(project: Path) -> None:
-    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+def test_rerun_with_unchanged_inputs_reuses_the_version(project: Path, store: str) -> None:
+    uri = store
     cfg = make_cfg(uri, registry=GATE)
     first = register_candidate(project, cfg, {"linear_top1": 0.70})
     again = tracked_stage(cfg, "register", register)  # same encoder.pt, same metrics.json
@@ -98,16 +106,16 @@ def test_rerun_with_unchanged_inputs_reuses_the_version(project: Path) -> None:
     assert aliases(client) == {"champion": "1", "challenger": "1"}
 
 
-def test_first_version_below_min_value_is_only_challenger(project: Path) -> None:
-    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+def test_first_version_below_min_value_is_only_challenger(project: Path, store: str) -> None:
+    uri = store
     cfg = make_cfg(uri, registry=GATE)
     result = register_candidate(project, cfg, {"linear_top1": 0.2})
     assert result.metrics["promoted"] == 0.0 and "below min_value" in result.tags["gate_reason"]
     assert aliases(MlflowClient(uri, uri)) == {"challenger": "1"}
 
 
-def test_failed_register_registers_nothing(project: Path) -> None:
-    uri = f"sqlite:///{project.parent / 'mlflow.db'}"
+def test_failed_register_registers_nothing(project: Path, store: str) -> None:
+    uri = store
     cfg = make_cfg(uri)
     parent = start_pipeline_run(cfg, "pipeline")
     write_metrics(project, "evaluate", {"linear_top1": 0.9})  # but no encoder checkpoint
@@ -118,6 +126,6 @@ def test_failed_register_registers_nothing(project: Path) -> None:
     assert client.get_run(parent).info.status == "FAILED"
 
 
-def test_register_outside_tracking_is_refused(project: Path) -> None:
+def test_register_outside_tracking_is_refused(project: Path, store: str) -> None:
     with pytest.raises(PipelineError, match="simclr register"):
-        register(make_cfg(f"sqlite:///{project.parent / 'mlflow.db'}"))
+        register(make_cfg(store))

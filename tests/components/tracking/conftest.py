@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.components.tracking.helpers import make_project
+from tests.components.tracking.helpers import fresh_store, make_project, migrated_store
+
+__all__ = ["migrated_store"]
 
 
 @pytest.fixture
@@ -21,11 +23,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def sqlite_uri(tmp_path: Path, migrated_store: Path) -> str:
+    """A fresh sqlite store (a copy of a migrated template: migrations cost seconds each)."""
+    return fresh_store(migrated_store, tmp_path / "store" / "mlflow.db")
 
 
 @pytest.fixture
 def client(sqlite_uri: str) -> MlflowClient:
-    (Path(sqlite_uri[len("sqlite:///"):])).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=sqlite_uri, registry_uri=sqlite_uri)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -104,3 +106,18 @@ def write_params(root: Path, tracking_uri: str, name: str = "test-params.yaml",
     path = root / name
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite database with every schema migration applied (slow: done once)."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def fresh_store(template: Path, path: Path) -> str:
+    """A copy of the migrated template at ``path``; returns its ``sqlite:///`` URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
