@@ -135,5 +135,5 @@ def results_markdown(metrics: dict[str, float], extra: dict[str, dict[str, float
     for title, values in (extra or {}).items():
         if values:
             lines += ["", f"## {title}", "", "| metric | value |", "|---|---:|"]
-            lines += [f"| `{k}` | {v:.4g} |" for k, v in sorted(values.items())]
+            lines += [f"| `{k}` | {v:.6g} |" for k, v in sorted(values.items())]
     return "\n".join(lines) + "\n"
