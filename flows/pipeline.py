@@ -269,6 +269,9 @@ def simclr_pipeline(
         status = "FINISHED"
     finally:
         with in_dir(project):
+            lock = project / "dvc.lock"
+            if lock.is_file():  # the stage hashes this run ended with: `dvc repro` reproduces them
+                tracking_client(cfg)[0].log_artifact(parent, str(lock), "lineage/after")
             end_pipeline_run(parent, status, cfg)
         pending = [stage for stage in selected if stage not in outcomes]
         if pending and status == "FAILED":

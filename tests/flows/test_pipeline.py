@@ -44,6 +44,8 @@ def test_first_run_runs_every_stale_stage_under_one_parent_mlflow_run(project):
     assert set(children) == set(DATA_STAGES)
     assert all(run.info.status == "FINISHED" for run in children.values())
     assert children["ingest"].data.tags["prefect_flow_run_id"] == flow_run_id
+    logged = {item.path for item in client.list_artifacts(parent.info.run_id, "lineage/after")}
+    assert logged == {"lineage/after/dvc.lock"}
 
     artifact = Artifact.get(ARTIFACT_KEY)
     assert artifact is not None and artifact.flow_run_id == state.state_details.flow_run_id
