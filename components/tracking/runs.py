@@ -133,10 +133,14 @@ def start_pipeline_run(cfg: PipelineConfig, run_name: str) -> str:
 
 def end_pipeline_run(run_id: str, status: str = "FINISHED",
                      cfg: PipelineConfig | None = None) -> None:
-    """End the parent run (``FINISHED``/``FAILED``/``KILLED``); a FAILED run stays FAILED."""
+    """End the parent run (``FINISHED``/``FAILED``/``KILLED``).
+
+    The orchestrator has the last word: a child failure marks the parent FAILED at once, but a
+    stage that then succeeds on retry lets the pipeline end FINISHED (tagged ``recovered``).
+    """
     client = tracking_client(cfg)[0] if cfg is not None else MlflowClient()
     if status == "FINISHED" and client.get_run(run_id).info.status == "FAILED":
-        return  # a child already marked it failed
+        client.set_tag(run_id, "recovered", "true")
     client.set_terminated(run_id, status)
 
 

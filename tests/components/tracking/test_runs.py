@@ -127,12 +127,35 @@ def test_failing_stage_fails_child_and_parent(project: Path, sqlite_uri: str,
 
     with pytest.raises(ValueError, match="boom in stage"):
         tracked_stage(cfg, "broken", broken, parent_run_id=parent)
-    end_pipeline_run(parent, "FINISHED", cfg=cfg)  # the orchestrator's finally: stays FAILED
     child = next(r for r in _experiment_runs(client) if r.info.run_id != parent)
     assert child.info.status == "FAILED"
     assert "ValueError: boom in stage" in child.data.tags["error"]
     assert client.get_run(parent).info.status == "FAILED"
     assert "broken" in client.get_run(parent).data.tags["error"]
+    end_pipeline_run(parent, "FAILED", cfg=cfg)  # what the orchestrator then does
+    assert client.get_run(parent).info.status == "FAILED"
+
+
+def test_retried_stage_lets_the_pipeline_finish(project: Path, sqlite_uri: str,
+                                                client: MlflowClient) -> None:
+    cfg = make_cfg(sqlite_uri)
+    parent = start_pipeline_run(cfg, "pipeline")
+    attempts = []
+
+    def flaky(cfg):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("transient")
+        return StageResult(metrics={"ok": 1.0})
+
+    with pytest.raises(ConnectionError):
+        tracked_stage(cfg, "flaky", flaky, parent_run_id=parent)
+    tracked_stage(cfg, "flaky", flaky, parent_run_id=parent)  # the orchestrator's retry
+    end_pipeline_run(parent, "FINISHED", cfg=cfg)
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["recovered"] == "true"
+    statuses = sorted(r.info.status for r in _experiment_runs(client) if r.info.run_id != parent)
+    assert statuses == ["FAILED", "FINISHED"]
 
 
 _KILLED_CHILD = textwrap.dedent("""
