@@ -7,6 +7,7 @@
 #   infra/stack.sh env       export lines for a shell: eval "$(infra/stack.sh env)"
 #   infra/stack.sh run [--preset P] [--set k=v]...   deploy prefect.yaml's deployment, run it on
 #                            the stack's worker, wait, then `dvc push` to the S3 remote
+#   infra/stack.sh ray-worker  start the second Ray node again (after a crash or a kill)
 #   infra/stack.sh down      stop everything it started; leaves no process behind
 #
 # Settings (environment, defaults in brackets): STACK_DIR [<project>/.stack] holds data, logs,
@@ -122,6 +123,7 @@ start_postgres() {
     useradd --system --no-create-home --shell /usr/sbin/nologin postgres
   fi
   chmod 755 "$STACK_DIR"
+  as_pg test -x "$STACK_DIR" || die "the postgres account cannot reach $STACK_DIR (a parent folder is private): set STACK_DIR elsewhere"
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
     mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
     [ "$(id -u)" = 0 ] && chown postgres: "$PGDATA"
@@ -163,7 +165,7 @@ EOF
   launch s3 "$VENV/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$STACK_DIR/s3" \
     -master.port=$b -master.port.grpc=$((b + 1)) -volume.port=$((b + 2)) -volume.port.grpc=$((b + 3)) \
     -filer.port=$((b + 4)) -filer.port.grpc=$((b + 5)) -s3 -s3.port="$S3_PORT" -s3.port.grpc=$((b + 6)) \
-    -s3.config="$STACK_DIR/s3.json" -master.volumeSizeLimitMB=64 -volume.max=0 -metricsPort=0
+    -s3.config="$STACK_DIR/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 -master.volumeSizeLimitMB=64 -volume.max=0 -metricsPort=0
   "$PY" "$HERE/stackctl.py" wait-http "http://127.0.0.1:$S3_PORT/healthz" 90 "$(cat "$PIDS/s3.pid")"
   local i
   for i in $(seq 30); do  # the S3 gateway answers before the filer can create buckets
@@ -207,6 +209,10 @@ ray_start() {  # ray_start NAME AGENT_PORT ARGS...: `ray start` daemonises; reco
 start_ray() {
   [ -f "$RAY_AUTH_TOKEN_PATH" ] || (umask 077; echo "$RAY_TOKEN" >"$RAY_AUTH_TOKEN_PATH")
   ray_start ray-head "$RAY_AGENT_BASE" --head --port="$RAY_PORT" --include-dashboard=false
+  start_ray_worker
+}
+
+start_ray_worker() {
   ray_start ray-worker $((RAY_AGENT_BASE + 2)) --address="$RAY_ADDRESS"
 }
 
@@ -331,5 +337,6 @@ case ${1:-} in
   env) make_secrets; stack_env ;;
   run) shift; cmd_run "$@" ;;
   dvc-remote) load_env; dvc_remote ;;
+  ray-worker) load_env; start_ray_worker ;;  # (re)join the second Ray node, e.g. after it died
   *) sed -n '2,18p' "$0"; exit 2 ;;
 esac
