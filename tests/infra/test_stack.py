@@ -160,7 +160,7 @@ def test_killed_ray_node_during_pretraining_resumes_from_checkpoint(stack):
     restarted from that checkpoint (metrics record resumed_from > 0)."""
     prefix = "kill-test"
     args = [str(Path(sys.prefix) / "bin/simclr"), "pretrain", "--preset", "tiny",
-            "--set", "pretrain.epochs=4", "--set", f"ray.storage_path=s3://ray-checkpoints/{prefix}"]
+            "--set", "pretrain.epochs=10", "--set", f"ray.storage_path=s3://ray-checkpoints/{prefix}"]
     log = (stack.state / "kill-test.log").open("w")
     proc = subprocess.Popen(args, cwd=stack.project.root, env=stack.client_env(), stdout=log,
                             stderr=subprocess.STDOUT)
