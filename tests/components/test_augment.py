@@ -29,15 +29,6 @@ from components.augment import (
 from components.config import AugmentConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, channels, size, size, generator=gen)

@@ -16,15 +16,6 @@ from components.losses import nt_xent, nt_xent_with_accuracy
 from components.optim import LARS, WarmupCosine, param_groups
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def reference_nt_xent(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, float]:
     """Straight from the paper, in float64: mean over 2N anchors of -log softmax of the twin."""
     z = np.concatenate([z1, z2]).astype(np.float64)

@@ -12,15 +12,6 @@ from components.config import OptimConfig
 from components.optim import LARS, WarmupCosine, build_optimizer, param_groups, peak_lr
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))

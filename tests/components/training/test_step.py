@@ -11,15 +11,6 @@ from components.models.simclr import build_simclr_model
 from components.optim import WarmupCosine, build_optimizer, peak_lr
 from components.training.step import TrainStep
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 BATCH = 16
 
 
