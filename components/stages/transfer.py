@@ -16,7 +16,6 @@ import logging
 import time
 
 from components.config import PipelineConfig
-from components.errors import ConfigError
 from components.evaluation.features import FeatureCache, file_digest, module_digest
 from components.evaluation.finetune import finetune
 from components.evaluation.inputs import (
@@ -51,7 +50,9 @@ def _run(cfg: PipelineConfig) -> StageResult:
     out = fresh_stage_dir(cfg, STAGE)
     paths = StagePaths.of(cfg)
     if not cfg.data.transfer:
-        raise ConfigError("data.transfer: no transfer data sets configured")
+        log.info("transfer: no data sets under data.transfer; nothing to evaluate")
+        metrics = {"seconds_transfer": time.perf_counter() - started}
+        return StageResult(metrics=metrics, artifacts=[write_metrics(out / "metrics.json", metrics)])
     encoder_path = pretrained_encoder_path(cfg)
     encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
     baseline = random_encoder(spec.model, spec.in_channels, spec.image_size, cfg.seed)

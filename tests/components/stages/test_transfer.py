@@ -49,3 +49,10 @@ def test_transfer_set_with_bad_classes_is_refused(tmp_path, capsys):
     assert main(["transfer", "--params", str(params)]) == 2
     assert "counts_per_class" in capsys.readouterr().err
     assert not (StagePaths.of(cfg).stage_dir("transfer") / "metrics.json").exists()
+
+
+def test_no_transfer_sets_is_an_empty_result(tmp_path):
+    cfg, params = build_project(tmp_path, transfer=[])
+    assert main(["transfer", "--params", str(params)]) == 0
+    metrics = json.loads((StagePaths.of(cfg).stage_dir("transfer") / "metrics.json").read_text())
+    assert set(metrics) == {"seconds_transfer"}
