@@ -6,7 +6,7 @@ Baselines, measured in the same run:
   * image folder: decoding every PNG into one in-memory list of arrays (the naive reader).
 Ratios are ingest / baseline (time and peak memory).
 
-    .venv/bin/python bench/ingest.py [--images 20000] [--size 32]
+    .venv/bin/python bench/bench_ingest.py [--images 20000] [--size 32]
 Writes bench/results/ingest.json.
 """
 
