@@ -119,13 +119,14 @@ def test_services_answer_on_loopback_with_postgres_backend(stack):
     assert {"dvc-remote", "mlflow-artifacts", "ray-checkpoints"} <= set(
         (stack.state / "logs/buckets.log").read_text().removeprefix("buckets: ").strip().split(", "))
     # the services listen on loopback only (Ray's GCS binds all interfaces: see infra/README.md)
+    import psutil
+
+    listening = [c.laddr for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
     for name, port in PORTS.items():
         if name in ("STACK_RAY_PORT", "STACK_RAY_AGENT_PORT"):
             continue
-        lines = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
-                               text=True).stdout.split("\n")
-        local = [line.split()[3] for line in lines if line.strip()]
-        assert local and all(a.startswith("127.0.0.1:") for a in local), (name, local)
+        hosts = {addr.ip for addr in listening if addr.port == int(port)}
+        assert hosts == {"127.0.0.1"}, (name, port, hosts)
 
 
 def test_pipeline_through_a_prefect_deployment(stack):
