@@ -321,7 +321,7 @@ cmd_down() {
   sleep 1
   pids=$(marked_pids)
   if [ -n "$pids" ]; then log "killing stragglers: $(echo $pids)"; kill -KILL $pids 2>/dev/null || true; sleep 0.5; fi
-  rm -f "$PIDS"/*.pid
+  rm -f "$PIDS"/*.pid "/tmp/seaweedfs-s3-grpc-$((WEED_BASE + 6)).sock"  # weed leaves it when killed
   if [ -f "$PROJECT_DIR/.dvc/config.local" ] && grep -q '"s3"' "$PROJECT_DIR/.dvc/config.local"; then
     (cd "$PROJECT_DIR" && "$VENV/bin/dvc" remote remove --local s3 >/dev/null 2>&1) || true
   fi
