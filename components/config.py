@@ -99,7 +99,9 @@ class ModelConfig(_Section):
 
     arch: Literal["small", "resnet18", "resnet34", "resnet50"] = "small"
     width: float = Field(1.0, gt=0.0)
-    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # auto: CIFAR stem for images <= 64 px
+    # auto: CIFAR stem (3x3, stride 1) for images <= 64 px, else ImageNet (7x7/2 + max-pool);
+    # stride2: 3x3 stride 2, a quarter of the CIFAR stem's cost for CPU-sized runs
+    stem: Literal["auto", "cifar", "stride2", "imagenet"] = "auto"
     head_layers: Literal[2, 3] = 2
     head_hidden_dim: int | None = None  # None: the representation size
     projection_dim: int = Field(128, gt=0)

@@ -63,3 +63,12 @@ def test_width_multiplier_scales_every_stage() -> None:
     two = build_encoder(ModelConfig(arch="resnet18", width=2.0), 3, 32)
     assert two.feature_dim == 2 * one.feature_dim
     assert two.conv1.out_channels == 2 * one.conv1.out_channels
+
+
+def test_stride2_stem_halves_the_resolution_once() -> None:
+    enc = build_encoder(ModelConfig(arch="small", width=0.5, stem="stride2"), 1, 28)
+    assert enc.stem == "stride2" and enc.conv1.stride == (2, 2) and enc.conv1.kernel_size == (3, 3)
+    assert isinstance(enc.maxpool, torch.nn.Identity)
+    stem_out = enc.relu(enc.bn1(enc.conv1(torch.rand(2, 1, 28, 28))))
+    assert stem_out.shape[-2:] == (14, 14)
+    assert enc(torch.rand(2, 1, 28, 28)).shape == (2, enc.feature_dim)
