@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -57,3 +58,15 @@ def fashion_mnist_dataset(tmp_path_factory: pytest.TempPathFactory):
 def session_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite MLflow store for CLI tests of the whole session (creating one costs ~10 s)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_uri() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; without this, the store
+    one test used leaks into every later test's subprocesses (flows, workers, the stack)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
