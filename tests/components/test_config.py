@@ -25,7 +25,7 @@ def test_preset_and_overrides_merge_in_order():
     assert cfg.pretrain.epochs == 3  # override beats preset
     assert cfg.pretrain.batch_size == 64  # preset beats params.yaml
     assert cfg.model.width == 0.5
-    assert cfg.pretrain.optim.lr_scaling == "linear"  # untouched key keeps its params.yaml value
+    assert cfg.pretrain.optim.lr_scaling == "sqrt"  # untouched key keeps its params.yaml value
 
 
 def test_parse_override_reads_yaml_values():
