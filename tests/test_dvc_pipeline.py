@@ -120,3 +120,30 @@ def test_push_pull_round_trip_through_s3(project, s3_server):
         assert files_under(project.root / "data") == before
     finally:
         project.dvc("remote", "remove", "--local", "team")
+
+
+def test_exp_run_sets_a_param_and_reruns_its_stage(project):
+    ran = project.dvc("exp", "run", "-S", "subsets.seed=3", "subsets")
+    assert ran_stages(ran.stdout) == {"subsets"}, ran.stdout
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    assert "seed" in json.dumps(shown) and '"seed": 3' in (project.root / "data/subsets/manifest.json").read_text()
+
+
+@pytest.mark.ray
+def test_dvc_repro_runs_every_stage_on_the_tiny_preset(tmp_path):
+    """The whole dvc.yaml on the tiny preset: results as DVC metrics and plots; a no-op rerun."""
+    from components.config import load_config
+    from tests.project import ROOT
+
+    tiny = load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
+    project = make_project_copy(tmp_path / "project", tiny)
+    first = project.dvc("repro", timeout=1200)
+    stages = ("ingest", "subsets", "pretrain", "linear-eval", "finetune", "transfer", "baselines",
+              "report", "register")
+    assert all(f"Running stage '{stage}'" in first.stdout for stage in stages), first.stdout[-3000:]
+    metrics = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    assert "linear_top1" in json.dumps(metrics) and "finetune_1pct_top1" in json.dumps(metrics)
+    project.dvc("plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").is_file()
+    second = project.dvc("repro")
+    assert "Running stage" not in second.stdout, second.stdout
