@@ -57,7 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for stage, outcome in state.result().items():
         print(f"{stage:12s} {outcome}")
+    print_results_table(project)
     return 0
+
+
+def print_results_table(project: Path) -> None:
+    """The report stage's table, so a run ends with its numbers next to their baselines."""
+    from components.config import load_config
+    from components.stages.common import StagePaths
+
+    outputs = StagePaths.of(load_config(project / "params.yaml")).stage_dir("report")
+    results = outputs if outputs.is_absolute() else project / outputs
+    table = results / "results.md"
+    if table.is_file():
+        print(f"\n{table.read_text()}")
 
 
 if __name__ == "__main__":
