@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -60,13 +61,23 @@ def session_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_uri() -> Iterator[None]:
-    """``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; without this, the store
-    one test used leaks into every later test's subprocesses (flows, workers, the stack)."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    """``mlflow.set_tracking_uri`` / ``set_registry_uri`` set process-wide state AND export
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``; without this, the store one test used
+    leaks into later tests' clients and subprocesses (flows, workers, the stack)."""
+    before = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -136,7 +136,7 @@ def test_pipeline_through_a_prefect_deployment(stack):
 
     client = MlflowClient(stack.env["MLFLOW_TRACKING_URI"])
     versions = client.search_model_versions("name = 'simclr-encoder'")
-    assert versions, "no encoder version in the registry"
+    assert versions, f"no encoder version in the registry:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     version = versions[0]
     # artifacts of the registered version's run are in the object store (served by the proxy)
     assert any(version.run_id in key for key in stack.s3_keys("mlflow-artifacts")), version.run_id
