@@ -12,10 +12,11 @@ feature cache and Ray checkpoints all inside it), times each stage and checks th
 ``--random-encoder`` skips pretraining and evaluates a randomly initialised encoder saved in the
 ``save_encoder`` format: it measures what the evaluation stages cost (quality targets then are
 expected to fail). Prints one line per stage and the ratios SimCLR / baseline; writes
-``bench/results/quality.json`` (``quality_random_encoder.json`` with ``--random-encoder``).
+``bench/results/quality.json`` (``quality_random_encoder.json`` with ``--random-encoder``; ``--out``
+names another file, e.g. for a longer run).
 
 Run: ``.venv/bin/python bench/bench_quality.py [--preset embedded] [--set key=value ...]
-[--random-encoder] [--workdir /tmp/bench-quality] [--keep]``.
+[--random-encoder] [--workdir /tmp/bench-quality] [--keep] [--out quality_long.json]``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip pretrain; evaluate a random-init encoder (times the eval stages)")
     parser.add_argument("--workdir", default=None, help="default: a fresh folder under /tmp")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--out", default=None,
+                        help="results file name under bench/results (default: quality.json, "
+                             "quality_random_encoder.json with --random-encoder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": metrics, "ratios": ratios, "targets": checks,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "quality_random_encoder.json" if args.random_encoder else "quality.json"
+    name = args.out or ("quality_random_encoder.json" if args.random_encoder else "quality.json")
     (RESULTS / name).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return 0 if all(c["passed"] for c in checks.values()) else 1
 

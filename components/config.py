@@ -97,7 +97,7 @@ class AugmentConfig(_Section):
 class ModelConfig(_Section):
     """Encoder f (ResNet family) and projection head g."""
 
-    arch: Literal["small", "resnet18", "resnet34", "resnet50"] = "small"
+    arch: Literal["small", "small-bottleneck", "resnet18", "resnet34", "resnet50"] = "small"
     width: float = Field(1.0, gt=0.0)
     # auto: CIFAR stem (3x3, stride 1) for images <= 64 px, else ImageNet (7x7/2 + max-pool);
     # stride2: 3x3 stride 2, a quarter of the CIFAR stem's cost for CPU-sized runs

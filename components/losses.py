@@ -14,6 +14,8 @@ the global loss on every worker (averaged over all 2N global anchors).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -34,7 +36,11 @@ def _gather(x: Tensor) -> Tensor:
     """(n, D) on every rank -> (world * n, D) in rank order, differentiable."""
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    # torch 2.14 marks this gather deprecated in favour of a private (underscore) module; it is
+    # still the public all-gather with a backward pass, so keep it and keep the log readable.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 def nt_xent_with_accuracy(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]:

@@ -1,9 +1,12 @@
-"""Shared plumbing of the evaluation stages: output folder, encoder path, metric names."""
+"""Shared plumbing of the evaluation stages: the stage wrapper, encoder path, metric names."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,9 +14,39 @@ import numpy as np
 import torch
 
 from components.config import PipelineConfig
-from components.stages.common import StagePaths
+from components.evaluation.report import write_metrics
+from components.stages.common import StagePaths, StageResult
 
+log = logging.getLogger(__name__)
 ENCODER_FILE = "encoder.pt"
+StageBody = Callable[[PipelineConfig, Path], StageResult]
+
+
+def evaluation_stage(stage: str) -> Callable[[StageBody], Callable[[PipelineConfig], StageResult]]:
+    """Turn ``body(cfg, out) -> StageResult`` into the stage function ``run(cfg)``.
+
+    The wrapper owns what every evaluation stage shares: ``cfg.evaluate.threads`` torch
+    threads, a fresh ``outputs/<stage>`` folder handed to the body as ``out``, the stage's wall
+    time as metric ``seconds_<stage>``, and ``metrics.json`` written last, so a stage that
+    fails leaves no metrics behind.
+    """
+
+    def wrap(body: StageBody) -> Callable[[PipelineConfig], StageResult]:
+        @functools.wraps(body)
+        def run(cfg: PipelineConfig) -> StageResult:
+            started = time.perf_counter()
+            with torch_threads(cfg.evaluate.threads):
+                out = fresh_stage_dir(cfg, stage)
+                result = body(cfg, out)
+            seconds = time.perf_counter() - started
+            result.metrics[f"seconds_{metric_slug(stage)}"] = seconds
+            result.artifacts.append(write_metrics(out / "metrics.json", result.metrics))
+            log.info("%s: done in %.1f s", stage, seconds)
+            return result
+
+        return run
+
+    return wrap
 
 
 def pretrained_encoder_path(cfg: PipelineConfig) -> Path:

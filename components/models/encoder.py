@@ -13,6 +13,13 @@ ImageNet stem's.
 h of 256 dims at width 1. Its channel counts are multiples of 32 (vectorises well in oneDNN);
 most of its FLOPs are in 3x3 convs with at least 32 input channels, so the 1-channel stem conv
 is a small share of the time.
+
+``small-bottleneck`` is the same four single-block stages with ResNet-50's ``Bottleneck``
+(1x1 reduce, 3x3, 1x1 expand x4) on widths 16/32/64/128: h is twice ``small``'s at the same
+width (256 dims at width 0.5) for under half the FLOPs, because the 3x3 convs run on half the
+channels and a cheap 1x1 expansion makes the wide output. Its wall-clock cost is about
+``small``'s (the 4x-wide activations cost memory traffic). A linear probe gains from the
+wider h (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ CIFAR_STEM_MAX_SIZE = 64
 # arch -> (block, blocks per stage, stage widths at width 1, stem width at width 1)
 ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int], list[int], int]] = {
     "small": (BasicBlock, [1, 1, 1, 1], [32, 64, 128, 256], 32),
+    "small-bottleneck": (Bottleneck, [1, 1, 1, 1], [16, 32, 64, 128], 32),
     "resnet18": (BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], 64),
     "resnet34": (BasicBlock, [3, 4, 6, 3], [64, 128, 256, 512], 64),
     "resnet50": (Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], 64),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,22 +26,17 @@ from components.evaluation.inputs import open_labelled_dataset, random_encoder, 
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import classification_metrics
 from components.evaluation.plots import plot_curves
-from components.evaluation.report import write_json, write_metrics
-from components.evaluation.stage_io import fresh_stage_dir, torch_threads
+from components.evaluation.report import write_json
+from components.evaluation.stage_io import evaluation_stage
 from components.stages.common import StagePaths, StageResult, subset_tag
 
 log = logging.getLogger(__name__)
 STAGE = "baselines"
 
 
-def run(cfg: PipelineConfig) -> StageResult:
-    with torch_threads(cfg.evaluate.threads):
-        return _run(cfg)
-
-
-def _run(cfg: PipelineConfig) -> StageResult:
+@evaluation_stage(STAGE)
+def run(cfg: PipelineConfig, out: Path) -> StageResult:
     started = time.perf_counter()
-    out = fresh_stage_dir(cfg, STAGE)
     paths = StagePaths.of(cfg)
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
     subsets = {subset_tag(f): load_subset(paths.subsets, f, dataset) for f in cfg.subsets.fractions}
@@ -83,7 +79,5 @@ def _run(cfg: PipelineConfig) -> StageResult:
         histories[tag] = result.history
     artifacts = [plot_curves(histories, out / "curves.png", "Supervised from random init"),
                  write_json(out / "history.json", histories)]
-    metrics["seconds_baselines"] = time.perf_counter() - started
-    artifacts.append(write_metrics(out / "metrics.json", metrics))
     return StageResult(metrics=metrics, artifacts=artifacts,
                        history=[{"subset": tag, **row} for tag, rows in histories.items() for row in rows])

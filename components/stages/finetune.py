@@ -11,7 +11,7 @@ confusion matrix per subset. Protocol: :mod:`components.evaluation.finetune`.
 from __future__ import annotations
 
 import logging
-import time
+from pathlib import Path
 
 from components.config import PipelineConfig
 from components.data.subsets import load_subset
@@ -19,27 +19,16 @@ from components.evaluation.finetune import finetune
 from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset
 from components.evaluation.metrics import classification_metrics, confusion
 from components.evaluation.plots import plot_confusion, plot_curves
-from components.evaluation.report import write_json, write_metrics
-from components.evaluation.stage_io import (
-    fresh_stage_dir,
-    indices_digest,
-    pretrained_encoder_path,
-    torch_threads,
-)
+from components.evaluation.report import write_json
+from components.evaluation.stage_io import evaluation_stage, indices_digest, pretrained_encoder_path
 from components.stages.common import StagePaths, StageResult, subset_tag
 
 log = logging.getLogger(__name__)
 STAGE = "finetune"
 
 
-def run(cfg: PipelineConfig) -> StageResult:
-    with torch_threads(cfg.evaluate.threads):
-        return _run(cfg)
-
-
-def _run(cfg: PipelineConfig) -> StageResult:
-    started = time.perf_counter()
-    out = fresh_stage_dir(cfg, STAGE)
+@evaluation_stage(STAGE)
+def run(cfg: PipelineConfig, out: Path) -> StageResult:
     paths = StagePaths.of(cfg)
     encoder_path = pretrained_encoder_path(cfg)
     load_pretrained_encoder(encoder_path, cfg.model)  # fail fast, before any training
@@ -68,8 +57,6 @@ def _run(cfg: PipelineConfig) -> StageResult:
     artifacts.append(plot_curves({tag: r["history"] for tag, r in record.items()},
                                  out / "curves.png", "SimCLR fine-tuning"))
     artifacts.append(write_json(out / "history.json", record))
-    metrics["seconds_finetune"] = time.perf_counter() - started
-    artifacts.append(write_metrics(out / "metrics.json", metrics))
     return StageResult(metrics=metrics, artifacts=artifacts,
                        history=[{"subset": tag, **row} for tag, r in record.items()
                                 for row in r["history"]])

@@ -10,7 +10,7 @@ Protocol: :mod:`components.evaluation.linear`.
 from __future__ import annotations
 
 import logging
-import time
+from pathlib import Path
 
 from components.config import PipelineConfig
 from components.evaluation.features import FeatureCache, file_digest
@@ -18,22 +18,15 @@ from components.evaluation.inputs import load_pretrained_encoder, open_labelled_
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion, per_class_accuracy
 from components.evaluation.plots import plot_confusion, plot_embedding, plot_per_class
-from components.evaluation.report import write_metrics
-from components.evaluation.stage_io import fresh_stage_dir, pretrained_encoder_path, torch_threads
+from components.evaluation.stage_io import evaluation_stage, pretrained_encoder_path
 from components.stages.common import StagePaths, StageResult
 
 log = logging.getLogger(__name__)
 STAGE = "linear-eval"
 
 
-def run(cfg: PipelineConfig) -> StageResult:
-    with torch_threads(cfg.evaluate.threads):
-        return _run(cfg)
-
-
-def _run(cfg: PipelineConfig) -> StageResult:
-    started = time.perf_counter()
-    out = fresh_stage_dir(cfg, STAGE)
+@evaluation_stage(STAGE)
+def run(cfg: PipelineConfig, out: Path) -> StageResult:
     encoder_path = pretrained_encoder_path(cfg)
     encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
     dataset = open_labelled_dataset(StagePaths.of(cfg).dataset(cfg.data.source))
@@ -60,11 +53,8 @@ def _run(cfg: PipelineConfig) -> StageResult:
     ]
     metrics = dict(result.metrics)
     metrics["images_linear"] = float(len(train_y))
-    metrics["seconds_linear_eval"] = time.perf_counter() - started
-    artifacts.append(write_metrics(out / "metrics.json", metrics))
-    log.info("linear-eval: top1 %.4f top5 %.4f knn %.4f (l2 %g) in %.1f s", metrics["linear_top1"],
-             metrics["linear_top5"], metrics["knn_top1"], metrics["l2_linear"],
-             metrics["seconds_linear_eval"])
+    log.info("linear-eval: top1 %.4f top5 %.4f knn %.4f (l2 %g)", metrics["linear_top1"],
+             metrics["linear_top5"], metrics["knn_top1"], metrics["l2_linear"])
     return StageResult(metrics=metrics, artifacts=artifacts,
                        tags={"encoder_sha256": digest, "dataset_content_hash": dataset.content_hash,
                              "feature_cache_hits": str(cache.stats["hits"])})

@@ -13,7 +13,7 @@ confusion matrix per data set.
 from __future__ import annotations
 
 import logging
-import time
+from pathlib import Path
 
 from components.config import PipelineConfig
 from components.evaluation.features import FeatureCache, file_digest, module_digest
@@ -27,32 +27,19 @@ from components.evaluation.inputs import (
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion
 from components.evaluation.plots import plot_confusion
-from components.evaluation.report import write_metrics
-from components.evaluation.stage_io import (
-    fresh_stage_dir,
-    metric_slug,
-    pretrained_encoder_path,
-    torch_threads,
-)
+from components.evaluation.stage_io import evaluation_stage, metric_slug, pretrained_encoder_path
 from components.stages.common import StagePaths, StageResult
 
 log = logging.getLogger(__name__)
 STAGE = "transfer"
 
 
-def run(cfg: PipelineConfig) -> StageResult:
-    with torch_threads(cfg.evaluate.threads):
-        return _run(cfg)
-
-
-def _run(cfg: PipelineConfig) -> StageResult:
-    started = time.perf_counter()
-    out = fresh_stage_dir(cfg, STAGE)
+@evaluation_stage(STAGE)
+def run(cfg: PipelineConfig, out: Path) -> StageResult:
     paths = StagePaths.of(cfg)
     if not cfg.data.transfer:
         log.info("transfer: no data sets under data.transfer; nothing to evaluate")
-        metrics = {"seconds_transfer": time.perf_counter() - started}
-        return StageResult(metrics=metrics, artifacts=[write_metrics(out / "metrics.json", metrics)])
+        return StageResult()
     encoder_path = pretrained_encoder_path(cfg)
     encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
     baseline = random_encoder(spec.model, spec.in_channels, spec.image_size, cfg.seed)
@@ -98,8 +85,6 @@ def _run(cfg: PipelineConfig) -> StageResult:
                                   spec.in_channels, spec.image_size, seed=cfg.seed, name=prefix,
                                   eval_batch_size=cfg.evaluate.batch_size)
                 metrics[f"{prefix}_top1"] = float((result.test_scores.argmax(1) == test.labels).mean())
-    metrics["seconds_transfer"] = time.perf_counter() - started
-    artifacts.append(write_metrics(out / "metrics.json", metrics))
     return StageResult(metrics=metrics, artifacts=artifacts,
                        tags={f"transfer.{name}.content_hash": ds.content_hash
                              for name, ds in datasets.items()})

@@ -138,13 +138,26 @@ def connect_ray(cfg: PipelineConfig) -> float:
         return 0.0
     start = time.perf_counter()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    common = {"logging_level": logging.WARNING, "log_to_driver": True}
+    common = {"logging_level": logging.WARNING, "log_to_driver": True,
+              "runtime_env": {"worker_process_setup_hook": quiet_worker_logs}}
     if address:
         ray.init(address=address, **common)
     else:
         needed = math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker)
         ray.init(num_cpus=max(needed, os.cpu_count() or 1), include_dashboard=False, **common)
     return time.perf_counter() - start
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process of the job (``worker_process_setup_hook``).
+
+    Ray Train's detached ``PlacementGroupCleaner`` polls the State API, which lives in the
+    dashboard; a local instance runs without one (fewer processes on a 2-core machine), so
+    every poll logs the same warning. The local instance and its placement groups end with
+    the stage, so the cleaner has nothing to do there.
+    """
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner"
+                      ).setLevel(logging.ERROR)
 
 
 def _quiet_ray_logs() -> None:

@@ -13,6 +13,8 @@ from components.models.encoder import build_encoder, resolve_stem
 DIMS = {
     ("small", 1.0): 256,
     ("small", 0.25): 64,
+    ("small-bottleneck", 1.0): 512,
+    ("small-bottleneck", 0.5): 256,
     ("resnet18", 0.25): 128,
     ("resnet18", 1.0): 512,
     ("resnet34", 0.125): 64,
@@ -26,7 +28,7 @@ CASES = [
     for channels in (1, 3)
     for stem, size in (("auto", 16), ("imagenet", 40))
     # the deep nets: each stem and channel count once, on tiny inputs
-    if arch in ("small", "resnet18") or (channels == 1) == (stem == "auto")
+    if arch in ("small", "small-bottleneck", "resnet18") or (channels == 1) == (stem == "auto")
 ]
 
 
@@ -72,3 +74,18 @@ def test_stride2_stem_halves_the_resolution_once() -> None:
     stem_out = enc.relu(enc.bn1(enc.conv1(torch.rand(2, 1, 28, 28))))
     assert stem_out.shape[-2:] == (14, 14)
     assert enc(torch.rand(2, 1, 28, 28)).shape == (2, enc.feature_dim)
+
+
+def test_small_bottleneck_doubles_h_for_fewer_flops() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops_and_dim(arch: str) -> tuple[int, int]:
+        enc = build_encoder(ModelConfig(arch=arch, width=0.5, stem="stride2"), 1, 28)
+        with FlopCounterMode(display=False) as counter:
+            enc(torch.rand(4, 1, 28, 28)).sum().backward()
+        return counter.get_total_flops(), enc.feature_dim
+
+    basic_flops, basic_dim = flops_and_dim("small")
+    bottleneck_flops, bottleneck_dim = flops_and_dim("small-bottleneck")
+    assert (basic_dim, bottleneck_dim) == (128, 256)
+    assert bottleneck_flops < 0.6 * basic_flops  # measured: 0.46x
