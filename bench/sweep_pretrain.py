@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -43,11 +42,16 @@ def pretrain_and_probe(cfg: PipelineConfig, dataset_root: Path, seed: int = 0) -
     """Train ``cfg.pretrain.epochs`` epochs in this process; linear top-1 / kNN of the encoder."""
     from components.augment import SimCLRAugment, to_float_tensor
     from components.data.store import CanonicalDataset
-    from components.evaluation.features import adapt_images
+    from components.evaluation.features import encode
     from components.evaluation.knn import knn_top1
     from components.evaluation.linear import fit_linear_probe
     from components.models.simclr import build_simclr_model
     from components.optim import WarmupCosine, build_optimizer, peak_lr
+    from components.training.ray_driver import (
+        epoch_permutation,
+        local_batch_indices,
+        step_generator,
+    )
     from components.training.step import TrainStep
 
     torch.set_num_threads(1)
@@ -63,28 +67,20 @@ def pretrain_and_probe(cfg: PipelineConfig, dataset_root: Path, seed: int = 0) -
                                         pre.optim.warmup_epochs, pre.epochs, steps_per_epoch)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     train_step = TrainStep(model, optimizer, schedule, augment, pre.temperature)
-    generator = torch.Generator().manual_seed(seed)
     started, step, out = time.perf_counter(), 0, {}
-    for epoch in range(pre.epochs):
+    for epoch in range(pre.epochs):  # the pipeline's data order and augmentation streams, one rank
         model.train()
-        order = np.random.default_rng([seed, epoch]).permutation(len(train))
+        order = epoch_permutation(seed, epoch, len(train))
         for i in range(steps_per_epoch):
-            batch = np.sort(order[i * pre.batch_size:(i + 1) * pre.batch_size])
-            out = train_step(to_float_tensor(train.images(batch)), step, generator)
+            batch = local_batch_indices(order, i, pre.batch_size, rank=0, world=1)
+            out = train_step(to_float_tensor(train.images(batch)), step,
+                             step_generator(seed, step, rank=0))
             step += 1
         print(f"  epoch {epoch + 1}/{pre.epochs}: loss {out['loss']:.3f} "
               f"acc {out['contrastive_acc']:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
     train_seconds = time.perf_counter() - started
 
-    encoder = model.encoder.eval()
-
-    @torch.no_grad()
-    def features(split) -> np.ndarray:  # noqa: ANN001
-        chunks = [encoder(adapt_images(split.images(np.arange(i, min(i + 2000, len(split)))),
-                                       channels, height)) for i in range(0, len(split), 2000)]
-        return torch.cat(chunks).numpy()
-
-    train_h, test_h = features(train), features(test)
+    train_h, test_h = (encode(model.encoder, split, None, channels, height) for split in (train, test))
     lin = cfg.evaluate.linear
     probe = fit_linear_probe(train_h, train.labels, len(dataset.classes), lin.l2_grid,
                              lin.val_fraction, lin.epochs, seed)
