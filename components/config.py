@@ -1,8 +1,11 @@
 """Typed pipeline configuration, loaded from ``params.yaml`` (DVC's params file).
 
 One file holds every setting; presets (``presets/<name>.yaml``) and ``key.path=value``
-overrides are merged on top before validation. Validation fails before any work with a
-:class:`ConfigError` whose message names the offending key (``pretrain.batch_size: ...``).
+overrides are merged on top (:func:`merge_layers`, shared by ``simclr`` and the flow) before
+validation. Validation, the cross-field rules included (batch vs workers, subsets, image size vs
+stem), fails before any work with a :class:`ConfigError` whose message names the offending key
+(``pretrain.batch_size: ...``). A key ``params.yaml`` leaves out takes the default below: this
+file is a DVC dependency of every stage, so changing a default reruns what it affects.
 """
 
 from __future__ import annotations
@@ -209,6 +212,11 @@ class PathsConfig(_Section):
     outputs: str = "outputs"  # models, metrics, plots (DVC outs)
 
 
+# Native image size of the sources that have one (others: ``SourceConfig.image_size`` if set).
+NATIVE_IMAGE_SIZE = {"digits": 8, "cifar": 32}
+IMAGENET_STEM_MIN_SIZE = 32  # 7x7/2 conv + 3x3/2 max-pool: 4x smaller before the first block
+
+
 class PipelineConfig(_Section):
     seed: int = 0
     paths: PathsConfig = PathsConfig()
@@ -221,6 +229,35 @@ class PipelineConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> PipelineConfig:
+        """Rules across sections, checked at load time (before any run is created)."""
+        batch, workers = self.pretrain.batch_size, self.ray.num_workers
+        if batch % workers:
+            raise ValueError(f"pretrain.batch_size: {batch} is not divisible by "
+                             f"ray.num_workers={workers} (the global batch is split evenly)")
+        if batch // workers < 2:
+            raise ValueError(f"pretrain.batch_size: {batch} gives {batch // workers} image(s) per "
+                             f"worker for ray.num_workers={workers}; the contrastive loss needs >= 2")
+        if self.pretrain.max_images is not None and self.pretrain.max_images < batch:
+            raise ValueError(f"pretrain.max_images: {self.pretrain.max_images} is smaller than "
+                             f"pretrain.batch_size={batch} (no full batch to train on)")
+        from components.data.subsets import subset_tag
+
+        tags = [subset_tag(f) for f in self.subsets.fractions]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"subsets.fractions: {self.subsets.fractions} repeats a fraction")
+        names = [source.name for source in self.data.transfer]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"data.transfer: duplicate source names {repeated}")
+        source = self.data.source
+        size = source.image_size or NATIVE_IMAGE_SIZE.get(source.kind)
+        if self.model.stem == "imagenet" and size is not None and size < IMAGENET_STEM_MIN_SIZE:
+            raise ValueError(f"model.stem: imagenet needs images of >= {IMAGENET_STEM_MIN_SIZE} px; "
+                             f"data.source ({source.name}) has {size} px (use auto or cifar)")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """The config as ``{"pretrain.optim.base_lr": 0.3, ...}`` (for MLflow params)."""
@@ -277,26 +314,31 @@ def parse_override(text: str) -> dict[str, Any]:
     return tree
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, what: str = "") -> dict[str, Any]:
+    label = f"{what} {path}" if what else str(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+        raise ConfigError(f"{label}: file not found")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        raise ConfigError(f"{label}: not valid YAML ({_one_line(err)})") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{label}: top level must be a mapping, got {type(loaded).__name__}")
     return loaded
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _format_error(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "<root>"
-        message = problem["msg"]
+        key = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{key}: {message}")
+        lines.append(f"{key}: {message}" if key else message)
     return "invalid configuration: " + "; ".join(lines)
 
 
@@ -314,6 +356,21 @@ def preset_path(name_or_path: str, root: Path) -> Path:
     return root / "presets" / f"{name_or_path}.yaml"
 
 
+def merge_layers(raw: dict[str, Any], preset: str | None, overrides: list[str] | None,
+                 root: Path) -> dict[str, Any]:
+    """``raw`` with a preset (name under ``root/presets/`` or a YAML path) and then the
+    ``key.path=value`` overrides merged in: the one merge of ``simclr`` and the flow.
+
+    ``raw`` may be a round-trip (comment-keeping) mapping; the result keeps its comments.
+    """
+    merged = raw
+    if preset:
+        merged = deep_merge(merged, _read_yaml(preset_path(preset, root), f"preset {preset!r}:"))
+    for override in overrides or []:
+        merged = deep_merge(merged, parse_override(override))
+    return merged
+
+
 def load_config(
     params: str | Path = "params.yaml",
     preset: str | None = None,
@@ -321,9 +378,36 @@ def load_config(
 ) -> PipelineConfig:
     """Read ``params``, merge a preset (name under ``presets/`` or a YAML path) and overrides."""
     params = Path(params)
-    raw = _read_yaml(params)
-    if preset:
-        raw = deep_merge(raw, _read_yaml(preset_path(preset, params.resolve().parent)))
-    for override in overrides or []:
-        raw = deep_merge(raw, parse_override(override))
-    return config_from_dict(raw)
+    return config_from_dict(merge_layers(_read_yaml(params), preset, overrides,
+                                         params.resolve().parent))
+
+
+def apply_to_params_file(params: str | Path, preset: str | None = None,
+                         overrides: list[str] | None = None) -> PipelineConfig:
+    """Merge ``preset`` and ``overrides`` into the ``params`` file itself, as ``dvc exp run -S``.
+
+    Validated before anything is written; written (atomically) only when it changes a value,
+    with the file's comments and key order kept (round-trip YAML). Only the given keys change:
+    defaults are not written out, so DVC's params dependencies see exactly the changed values.
+    """
+    import io
+
+    from ruamel.yaml import YAML, YAMLError
+
+    params = Path(params)
+    _read_yaml(params)  # missing / invalid / not a mapping: one clear error, as for load_config
+    round_trip = YAML(typ="rt")
+    round_trip.preserve_quotes = True
+    try:
+        original = round_trip.load(params.read_text())
+    except YAMLError as err:
+        raise ConfigError(f"{params}: not valid YAML ({_one_line(err)})") from None
+    merged = merge_layers(original, preset, overrides, params.resolve().parent)
+    cfg = config_from_dict(json.loads(json.dumps(merged)))  # plain types for validation
+    if merged != original:
+        text = io.StringIO()
+        round_trip.dump(merged, text)
+        tmp = params.with_name(f".{params.name}.tmp")
+        tmp.write_text(text.getvalue())
+        tmp.replace(params)
+    return cfg

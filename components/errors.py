@@ -11,3 +11,6 @@ class ConfigError(PipelineError, ValueError):
 
 class DataError(PipelineError, ValueError):
     """Input data is missing, corrupt or inconsistent; the message names the file or key."""
+
+
+EXIT_BAD_INPUT = 2  # exit status of `simclr` on a PipelineError: the flow never retries it

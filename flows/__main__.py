@@ -64,11 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 def print_results_table(project: Path) -> None:
     """The report stage's table, so a run ends with its numbers next to their baselines."""
     from components.config import load_config
-    from components.stages.common import StagePaths
+    from components.stage_api import StagePaths
 
-    outputs = StagePaths.of(load_config(project / "params.yaml")).stage_dir("report")
-    results = outputs if outputs.is_absolute() else project / outputs
-    table = results / "results.md"
+    table = project / StagePaths.of(load_config(project / "params.yaml")).results
     if table.is_file():
         print(f"\n{table.read_text()}")
 

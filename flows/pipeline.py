@@ -1,4 +1,5 @@
-"""The Prefect flow ``simclr-pipeline``: the stages of ``dvc.yaml``, in order, each as a task.
+"""The Prefect flow ``simclr-pipeline``: the pipeline's stages (``components.stage_api.STAGES``,
+the same list as ``dvc.yaml``), in order, each as a task.
 
 DVC owns "is this stage stale?". Each task asks ``dvc status <stage>`` (only that stage: its deps
 include the outputs of the stages before it, so an upstream change that was just reproduced makes
@@ -8,7 +9,7 @@ disagree, a second run with unchanged inputs recomputes nothing, and ``dvc.lock`
 
 Presets and overrides are applied the way ``dvc exp run -S`` applies them: the merged config is
 validated (a bad key fails the flow before any stage, naming the key) and written into the
-project's ``params.yaml`` (only when it changes anything; PyYAML drops the file's comments), so
+project's ``params.yaml`` (only when it changes anything; comments and key order are kept), so
 the stages, DVC's params dependencies and the recorded lineage all see the same values.
 
 MLflow: one parent run per flow run (tagged with the Prefect flow-run id); every stage's run is
@@ -26,25 +27,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from components.config import (
-    PipelineConfig,
-    config_from_dict,
-    deep_merge,
-    parse_override,
-    preset_path,
-)
-from components.errors import ConfigError
+from components.config import PipelineConfig, apply_to_params_file
+from components.errors import EXIT_BAD_INPUT, ConfigError
+from components.stage_api import PARENT_RUN_ENV, STAGE_NAMES, StagePaths
 
 FLOW_NAME = "simclr-pipeline"
 ARTIFACT_KEY = "simclr-results"
-PARENT_ENV = "SIMCLR_PARENT_RUN_ID"  # read by components.tracking.runs.tracked_stage
-EXIT_BAD_INPUT = 2  # `simclr` exits 2 on a PipelineError (bad config or data): never retried
 SKIPPED = "skipped (up to date)"
 RAN = "ran"
 TAIL_LINES = 20
@@ -66,14 +59,11 @@ class StageFailed(RuntimeError):
 
 # ----------------------------------------------------------------------------- config
 def read_stage_order(project: Path) -> list[str]:
-    """The stage names of ``dvc.yaml``, in file order (the pipeline's order)."""
+    """The pipeline's stages in order (``STAGES``; dvc.yaml holds the same, contract-tested)."""
     dvc_yaml = project / "dvc.yaml"
     if not dvc_yaml.is_file():
         raise ConfigError(f"{dvc_yaml}: file not found (is project_dir a checkout of the project?)")
-    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
-    if not stages:
-        raise ConfigError(f"{dvc_yaml}: no stages")
-    return list(stages)
+    return list(STAGE_NAMES)
 
 
 def select_stages(order: list[str], wanted: list[str] | None) -> list[str]:
@@ -81,7 +71,7 @@ def select_stages(order: list[str], wanted: list[str] | None) -> list[str]:
         return order
     unknown = [name for name in wanted if name not in order]
     if unknown:
-        raise ConfigError(f"stages: unknown {', '.join(unknown)}; dvc.yaml has {', '.join(order)}")
+        raise ConfigError(f"stages: unknown {', '.join(unknown)}; the pipeline has {', '.join(order)}")
     return [name for name in order if name in wanted]
 
 
@@ -89,28 +79,9 @@ def apply_params(project: Path, preset: str | None, overrides: list[str]) -> Pip
     """Merge ``preset`` and ``overrides`` into ``params.yaml``, validate, write it back if changed.
 
     Like ``dvc exp run -S``: only the given keys change (defaults are not written out), so DVC's
-    params dependencies see exactly the changed values.
+    params dependencies see exactly the changed values; comments and key order stay.
     """
-    params = project / "params.yaml"
-    if not params.is_file():
-        raise ConfigError(f"{params}: file not found")
-    original = yaml.safe_load(params.read_text()) or {}
-    if not isinstance(original, dict):
-        raise ConfigError(f"{params}: top level must be a mapping")
-    merged = original
-    if preset:
-        path = preset_path(preset, project)
-        if not path.is_file():
-            raise ConfigError(f"preset {preset!r}: {path} not found")
-        merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
-    for override in overrides:
-        merged = deep_merge(merged, parse_override(override))
-    cfg = config_from_dict(merged)  # raises ConfigError naming the key, before anything is written
-    if merged != original:
-        tmp = params.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
-        tmp.replace(params)
-    return cfg
+    return apply_to_params_file(project / "params.yaml", preset, overrides)
 
 
 # ----------------------------------------------------------------------------- dvc
@@ -119,7 +90,7 @@ def dvc_env(parent_run_id: str | None) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "DVC_NO_ANALYTICS": "1"}
     if parent_run_id:
-        env[PARENT_ENV] = parent_run_id
+        env[PARENT_RUN_ENV] = parent_run_id
     flow_run_id = flow_run.id
     if flow_run_id:
         env["PREFECT__FLOW_RUN_ID"] = str(flow_run_id)  # lineage tag of each stage's MLflow run
@@ -203,8 +174,7 @@ def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 def results_markdown(project: Path, cfg: PipelineConfig, outcomes: dict[str, str],
                      link: str) -> str:
-    outputs = Path(cfg.paths.outputs)
-    results = (outputs if outputs.is_absolute() else project / outputs) / "report" / "results.md"
+    results = project / StagePaths.of(cfg).results  # an absolute paths.outputs stays absolute
     parts = ["# SimCLR pipeline run", "", link, "", "| stage | outcome |", "|---|---|"]
     parts += [f"| {stage} | {outcome} |" for stage, outcome in outcomes.items()]
     parts += [""]

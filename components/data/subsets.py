@@ -29,7 +29,7 @@ RULE = "per class max(1, round_half_up(fraction * train_size / num_classes)), ca
 
 
 def subset_tag(fraction: float) -> str:
-    """0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0.5pct' (same as StagePaths.subset_file)."""
+    """0.01 -> '1pct', 0.1 -> '10pct', 0.005 -> '0.5pct' (the name of the subset's file)."""
     return f"{fraction * 100:g}pct"
 
 

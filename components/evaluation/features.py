@@ -68,7 +68,8 @@ def encode(
 ) -> np.ndarray:
     """Representation h, float32 (k, feature_dim), of the split's images (all when indices is None).
 
-    The encoder runs in eval mode without gradients; its previous mode is restored.
+    Any module works (a classifier gives logits (k, C)): the one batched-inference loop. The
+    module runs in eval mode without gradients; its previous mode is restored.
     """
     indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
     was_training = encoder.training
@@ -85,15 +86,6 @@ def encode(
     if not out:
         return np.empty((0, int(getattr(encoder, "feature_dim", 0))), np.float32)
     return torch.cat(out).numpy()
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (the cache identity of a saved encoder)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def module_digest(module: nn.Module, extra: dict | None = None) -> str:

@@ -28,7 +28,8 @@ from torch import nn
 
 from components.config import FinetuneConfig
 from components.data.store import ImageSplit
-from components.evaluation.features import adapt_images
+from components.evaluation.features import adapt_images, encode
+from components.optim import WarmupCosine
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +59,9 @@ def _param_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, Any]
     for module, lr in ((model.encoder, cfg.lr), (model.head, cfg.head_lr or cfg.lr)):
         decay = [p for p in module.parameters() if p.ndim > 1]
         no_decay = [p for p in module.parameters() if p.ndim <= 1]
-        groups += [{"params": decay, "lr": lr, "base_lr": lr, "weight_decay": cfg.weight_decay},
-                   {"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
+        groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
     return groups
-
-
-@torch.no_grad()
-def predict(model: nn.Module, split: ImageSplit, indices: np.ndarray | None, in_channels: int,
-            image_size: int, batch_size: int = 512) -> np.ndarray:
-    """Logits (k, C) of the split's images, model in eval mode (mode restored)."""
-    indices = np.arange(len(split)) if indices is None else indices
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(indices), batch_size):
-            x = adapt_images(split.images(indices[start:start + batch_size]), in_channels, image_size)
-            out.append(model(x).float())
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy()
 
 
 @torch.no_grad()
@@ -141,6 +125,8 @@ def finetune(
     total_steps = max(epochs * steps_per_epoch, cfg.min_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), momentum=0.9, nesterov=True)
+    # each group's lr times the per-step cosine factor (WarmupCosine with peak 1, no warm-up)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(1.0, 0, total_steps))
     monitor = np.sort(np.random.default_rng(seed).choice(
         len(test_split), size=min(cfg.monitor_images, len(test_split)), replace=False))
     log.info("%s: %d images, %d classes, %d steps (%d epochs of %d), augment=%s",
@@ -160,21 +146,19 @@ def finetune(
             x, y = x_train[batch], y_train[batch]
             if augment is not None:
                 x = augment(x, generator=generator)
-            factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             losses.append(loss.item())
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
             step += 1
         if epoch == epochs - 1:
             recalibrate_batchnorm(model, x_train, eval_batch_size)
-        monitor_scores = predict(model, test_split, monitor, in_channels, image_size, eval_batch_size)
+        monitor_scores = encode(model, test_split, monitor, in_channels, image_size, eval_batch_size)
         row = {"epoch": epoch + 1, "step": step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "train_top1": correct / max(seen, 1),
@@ -183,7 +167,7 @@ def finetune(
         log.info("%s: epoch %d/%d loss %.4f train_top1 %.3f test_top1(monitor %d) %.3f", name,
                  epoch + 1, epochs, row["train_loss"], row["train_top1"], len(monitor),
                  row["test_top1_monitor"])
-    scores = predict(model, test_split, None, in_channels, image_size, eval_batch_size)
+    scores = encode(model, test_split, None, in_channels, image_size, eval_batch_size)
     seconds = time.perf_counter() - started
     log.info("%s: done in %.1f s, test_top1 %.4f", name, seconds,
              float((scores.argmax(1) == test_split.labels).mean()))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from components.config import EvaluateConfig
+from components.data.split import stratified_split
 
 log = logging.getLogger(__name__)
 SINGLE_THREAD_BELOW = 2_000_000  # feature-matrix elements
@@ -91,16 +92,9 @@ def fit_logistic_regression(
 
 
 def _validation_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train_idx, val_idx); every class keeps at least one training example."""
-    rng = np.random.default_rng(seed)
-    train_idx, val_idx = [], []
-    for cls in np.unique(labels):
-        members = rng.permutation(np.nonzero(labels == cls)[0])
-        n_val = int(round(len(members) * val_fraction)) if len(members) > 1 else 0
-        n_val = min(n_val, len(members) - 1)
-        val_idx.append(members[:n_val])
-        train_idx.append(members[n_val:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+    """Stratified (train_idx, val_idx); every class with 2+ examples keeps one in each."""
+    is_val = stratified_split(labels, val_fraction, seed)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def fit_linear_probe(

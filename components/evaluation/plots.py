@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import numpy as np
 
 
-def _figure(width: float = 6.0, height: float = 5.0) -> tuple[Any, Any]:
+def new_figure(width: float = 6.0, height: float = 5.0) -> tuple[Any, Any]:
+    """``(figure, axes)`` on the Agg backend (the one matplotlib set-up of the project)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,19 +20,22 @@ def _figure(width: float = 6.0, height: float = 5.0) -> tuple[Any, Any]:
     return plt.subplots(figsize=(width, height))
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (temporary sibling + rename) and close it."""
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
     """Row-normalised confusion matrix (true class rows, predicted columns)."""
-    fig, ax = _figure(7, 6)
+    fig, ax = new_figure(7, 6)
     totals = matrix.sum(axis=1, keepdims=True)
     norm = matrix / np.maximum(totals, 1)
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -45,13 +50,13 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(series: Mapping[str, np.ndarray], classes: Sequence[str], path: Path,
                    title: str) -> Path:
     """Grouped bars: per-class accuracy of each named model (e.g. SimCLR vs a baseline)."""
-    fig, ax = _figure(max(6, 0.7 * len(classes)), 4)
+    fig, ax = new_figure(max(6, 0.7 * len(classes)), 4)
     width = 0.8 / max(len(series), 1)
     positions = np.arange(len(classes))
     for i, (name, values) in enumerate(series.items()):
@@ -61,7 +66,7 @@ def plot_per_class(series: Mapping[str, np.ndarray], classes: Sequence[str], pat
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(histories: Mapping[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
@@ -77,7 +82,7 @@ def plot_curves(histories: Mapping[str, list[dict[str, Any]]], path: Path, title
     right.set(xlabel="epoch", ylabel="test top-1 (monitor sample)", title=f"{title}: test top-1")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def embed_2d(features: np.ndarray, method: str, seed: int) -> np.ndarray:
@@ -102,7 +107,7 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, classes: Sequence[s
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(features), size=min(points, len(features)), replace=False))
     coords = embed_2d(features[chosen], method, seed)
-    fig, ax = _figure(7, 6)
+    fig, ax = new_figure(7, 6)
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
@@ -113,4 +118,4 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, classes: Sequence[s
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=3, fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)

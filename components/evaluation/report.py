@@ -1,7 +1,6 @@
-"""Metrics files and the results table: every SimCLR number next to its baseline.
+"""The results table: every SimCLR number next to its baseline.
 
-``write_metrics`` writes one flat ``metrics.json`` per stage (numbers only, fractions in
-[0, 1]) atomically. ``results_rows`` pairs each SimCLR metric with its baselines by name:
+``results_rows`` pairs each SimCLR metric (fractions in [0, 1]) with its baselines by name:
 
 =====================================  ==============================  ==================================
 SimCLR metric                          first (gain) baseline            further baselines
@@ -16,36 +15,9 @@ transfer_<name>_finetune_top1          supervised_transfer_<name>_top1  -
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-
-def write_json(path: Path, payload: Any) -> Path:
-    """Atomic JSON write (temporary sibling + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_metrics(path: Path, metrics: dict[str, float]) -> Path:
-    """``metrics.json``: flat name -> float (DVC metrics format)."""
-    return write_json(path, {name: float(value) for name, value in metrics.items()})
-
-
-def read_metrics(path: Path) -> dict[str, float]:
-    """A stage's metrics, or {} when the stage has not run."""
-    if not path.is_file():
-        return {}
-    loaded = json.loads(path.read_text())
-    return {k: float(v) for k, v in loaded.items() if isinstance(v, int | float)}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -26,16 +25,14 @@ from components.evaluation.inputs import open_labelled_dataset, random_encoder, 
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import classification_metrics
 from components.evaluation.plots import plot_curves
-from components.evaluation.report import write_json
-from components.evaluation.stage_io import evaluation_stage
-from components.stages.common import StagePaths, StageResult, subset_tag
+from components.io import write_json
+from components.stage_api import StageContext, StagePaths, StageResult, subset_tag
 
 log = logging.getLogger(__name__)
-STAGE = "baselines"
 
 
-@evaluation_stage(STAGE)
-def run(cfg: PipelineConfig, out: Path) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
+    out = ctx.out
     started = time.perf_counter()
     paths = StagePaths.of(cfg)
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
@@ -44,6 +41,7 @@ def run(cfg: PipelineConfig, out: Path) -> StageResult:
     height, _, channels = dataset.image_shape
     classes = dataset.classes
     metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
 
     # frozen baselines: random-init encoder (cached features) and raw pixels
     encoder = random_encoder(cfg.model, channels, height, cfg.seed)
@@ -62,7 +60,7 @@ def run(cfg: PipelineConfig, out: Path) -> StageResult:
     metrics.update(evaluate_frozen(pixels_train, train_y, pixels_test, test.labels, len(classes),
                                    cfg.evaluate, "pixels_linear", cfg.seed).metrics)
     del pixels_train, pixels_test
-    metrics["seconds_baselines_frozen"] = time.perf_counter() - started
+    timings["seconds_baselines_frozen"] = time.perf_counter() - started
 
     # supervised from random init on the same label sets
     label_sets = {tag: (idx, None) for tag, idx in subsets.items()}
@@ -75,9 +73,9 @@ def run(cfg: PipelineConfig, out: Path) -> StageResult:
                           name=f"supervised {tag}", eval_batch_size=cfg.evaluate.batch_size)
         metrics.update(classification_metrics(result.test_scores, test.labels, f"supervised_{tag}"))
         metrics[f"images_supervised_{tag}"] = float(result.train_images)
-        metrics[f"seconds_supervised_{tag}"] = result.seconds
+        timings[f"seconds_supervised_{tag}"] = result.seconds
         histories[tag] = result.history
     artifacts = [plot_curves(histories, out / "curves.png", "Supervised from random init"),
                  write_json(out / "history.json", histories)]
-    return StageResult(metrics=metrics, artifacts=artifacts,
+    return StageResult(metrics=metrics, timings=timings, artifacts=artifacts,
                        history=[{"subset": tag, **row} for tag, rows in histories.items() for row in rows])

@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 import yaml
 
 from components.config import PipelineConfig, load_config
-from components.errors import PipelineError
-from components.stages.catalog import STAGES, stage_function
+from components.errors import EXIT_BAD_INPUT, PipelineError
+from components.stage_api import STAGES
 
-EXIT_BAD_INPUT = 2
 Command = Callable[[argparse.Namespace, PipelineConfig], int]
 
 
@@ -34,9 +33,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    from components.tracking.runs import tracked_stage
+    from components.stages.runner import run_stage
 
-    result = tracked_stage(cfg, args.command, stage_function(args.command))
+    result = run_stage(cfg, args.command)
     if result.metrics:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
@@ -47,22 +46,16 @@ def _print_params(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     return 0
 
 
-STAGE_HELP = {
-    "ingest": "turn the configured source (and transfer sources) into canonical data sets",
-    "subsets": "write the class-balanced, seeded label subsets of the training split",
-}
-
-
 def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]
                  | None = None) -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(prog="simclr", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Command] = {}
-    for name in STAGES:
-        sub = commands.add_parser(name, help=STAGE_HELP.get(name, f"run the {name} stage"))
+    for stage in STAGES:
+        sub = commands.add_parser(stage.name, help=stage.help)
         _add_config_arguments(sub)
-        handlers[name] = _run_stage
+        handlers[stage.name] = _run_stage
     sub = commands.add_parser("params", help="print the merged, validated configuration")
     _add_config_arguments(sub)
     handlers["params"] = _print_params

@@ -11,7 +11,6 @@ confusion matrix per subset. Protocol: :mod:`components.evaluation.finetune`.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from components.config import PipelineConfig
 from components.data.subsets import load_subset
@@ -19,24 +18,23 @@ from components.evaluation.finetune import finetune
 from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset
 from components.evaluation.metrics import classification_metrics, confusion
 from components.evaluation.plots import plot_confusion, plot_curves
-from components.evaluation.report import write_json
-from components.evaluation.stage_io import evaluation_stage, indices_digest, pretrained_encoder_path
-from components.stages.common import StagePaths, StageResult, subset_tag
+from components.io import indices_sha256, write_json
+from components.stage_api import StageContext, StagePaths, StageResult, subset_tag
 
 log = logging.getLogger(__name__)
-STAGE = "finetune"
 
 
-@evaluation_stage(STAGE)
-def run(cfg: PipelineConfig, out: Path) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
+    out = ctx.out
     paths = StagePaths.of(cfg)
-    encoder_path = pretrained_encoder_path(cfg)
+    encoder_path = paths.encoder
     load_pretrained_encoder(encoder_path, cfg.model)  # fail fast, before any training
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
     train, test = dataset.split("train"), dataset.split("test")
     subsets = {subset_tag(f): load_subset(paths.subsets, f, dataset) for f in cfg.subsets.fractions}
     classes = dataset.classes
     metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
     record: dict[str, dict] = {}
     artifacts = []
     for tag, indices in subsets.items():
@@ -46,9 +44,9 @@ def run(cfg: PipelineConfig, out: Path) -> StageResult:
                           name=f"finetune {tag}", eval_batch_size=cfg.evaluate.batch_size)
         metrics.update(classification_metrics(result.test_scores, test.labels, f"finetune_{tag}"))
         metrics[f"images_finetune_{tag}"] = float(result.train_images)
-        metrics[f"seconds_finetune_{tag}"] = result.seconds
+        timings[f"seconds_finetune_{tag}"] = result.seconds
         record[tag] = {"subset_file": str(paths.subsets / f"{tag}.txt"),
-                       "train_images": result.train_images, "indices_sha256": indices_digest(indices),
+                       "train_images": result.train_images, "indices_sha256": indices_sha256(indices),
                        "history": result.history}
         predictions = result.test_scores.argmax(axis=1)
         artifacts.append(plot_confusion(confusion(test.labels, predictions, len(classes)), classes,
@@ -57,6 +55,6 @@ def run(cfg: PipelineConfig, out: Path) -> StageResult:
     artifacts.append(plot_curves({tag: r["history"] for tag, r in record.items()},
                                  out / "curves.png", "SimCLR fine-tuning"))
     artifacts.append(write_json(out / "history.json", record))
-    return StageResult(metrics=metrics, artifacts=artifacts,
+    return StageResult(metrics=metrics, timings=timings, artifacts=artifacts,
                        history=[{"subset": tag, **row} for tag, r in record.items()
                                 for row in r["history"]])

@@ -1,7 +1,9 @@
 """Stage ``ingest``: the configured source and every transfer source -> canonical data sets.
 
 All sources are read before any data set is replaced, so a bad input anywhere leaves every
-previous data set as it was.
+previous data set as it was. ``outputs/ingest/metrics.json`` records the image count of every
+split and the class count of every data set; the content hashes are tags of the MLflow run and
+``outputs/ingest/hashes.json`` (``{name: content_hash}``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from components.config import PipelineConfig
 from components.data.sources import ingest_sources
 from components.data.store import MANIFEST
 from components.errors import ConfigError
-from components.stages.common import StagePaths, StageResult
+from components.io import write_json
+from components.stage_api import StageContext, StagePaths, StageResult
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: PipelineConfig) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     paths = StagePaths.of(cfg)
     names = [source.name for source in cfg.data.transfer]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -26,7 +29,7 @@ def run(cfg: PipelineConfig) -> StageResult:
     jobs = [(cfg.data.source, paths.dataset(cfg.data.source))]
     jobs += [(source, paths.transfer_dataset(source)) for source in cfg.data.transfer]
     datasets = ingest_sources(jobs, cfg.data.shard_size, cfg.data.split_seed)
-    (paths.data / "transfer").mkdir(parents=True, exist_ok=True)  # a DVC out even with no transfer sets
+    paths.transfer.mkdir(parents=True, exist_ok=True)  # a DVC out even with no transfer sets
     result = StageResult()
     for dataset in datasets:
         prefix = f"data.{dataset.name}"
@@ -36,4 +39,6 @@ def run(cfg: PipelineConfig) -> StageResult:
         result.tags[f"{prefix}.hash"] = dataset.content_hash
         result.artifacts.append(dataset.root / MANIFEST)
         log.info("%s -> %s (hash %s)", dataset.name, dataset.root, dataset.content_hash[:12])
+    result.artifacts.append(write_json(ctx.out / "hashes.json",
+                                       {d.name: d.content_hash for d in datasets}))
     return result

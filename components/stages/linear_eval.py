@@ -10,29 +10,28 @@ Protocol: :mod:`components.evaluation.linear`.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from components.config import PipelineConfig
-from components.evaluation.features import FeatureCache, file_digest
+from components.evaluation.features import FeatureCache
 from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset, subsample
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion, per_class_accuracy
 from components.evaluation.plots import plot_confusion, plot_embedding, plot_per_class
-from components.evaluation.stage_io import evaluation_stage, pretrained_encoder_path
-from components.stages.common import StagePaths, StageResult
+from components.io import file_sha256
+from components.stage_api import StageContext, StagePaths, StageResult
 
 log = logging.getLogger(__name__)
-STAGE = "linear-eval"
 
 
-@evaluation_stage(STAGE)
-def run(cfg: PipelineConfig, out: Path) -> StageResult:
-    encoder_path = pretrained_encoder_path(cfg)
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
+    out = ctx.out
+    paths = StagePaths.of(cfg)
+    encoder_path = paths.encoder
     encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
-    dataset = open_labelled_dataset(StagePaths.of(cfg).dataset(cfg.data.source))
+    dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
     train, test = dataset.split("train"), dataset.split("test")
     cache = FeatureCache(cfg.evaluate.cache_dir)
-    digest = file_digest(encoder_path)
+    digest = file_sha256(encoder_path)
     train_idx = subsample(len(train), cfg.evaluate.linear.max_train_images, cfg.seed)
     common = {"in_channels": spec.in_channels, "image_size": spec.image_size,
               "batch_size": cfg.evaluate.batch_size}

@@ -8,35 +8,36 @@ run named after the data hash and the training parameters: rerunning resumes.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from components.config import PipelineConfig
 from components.data.store import CanonicalDataset
-from components.stages.common import StagePaths, StageResult
+from components.evaluation.plots import new_figure, save_figure
+from components.io import write_json
+from components.stage_api import StageContext, StagePaths, StageResult
 from components.training.ray_driver import PretrainOutcome, run_pretraining
 
 log = logging.getLogger(__name__)
+# history columns that differ between identical runs: MLflow only, never history.json
+RUN_VARYING = ("images_per_s", "epoch_time_s", "epoch_cpu_s", "resumed_from")
 
 
-def run(cfg: PipelineConfig) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     paths = StagePaths.of(cfg)
     dataset = CanonicalDataset(paths.dataset(cfg.data.source))
     outcome = run_pretraining(cfg, dataset.root)
-    out_dir = paths.stage_dir("pretrain")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ctx.out
     encoder_path = write_encoder(out_dir / "encoder.pt", cfg, dataset, outcome)
-    metrics = summary_metrics(cfg, outcome)
-    _write_json(out_dir / "metrics.json", metrics)
-    _write_json(out_dir / "history.json", outcome.history)
+    metrics, timings = summary_metrics(cfg, outcome)
+    history = [{k: v for k, v in row.items() if k not in RUN_VARYING} for row in outcome.history]
+    history_path = write_json(out_dir / "history.json", history)
     plot_path = plot_history(outcome.history, out_dir / "loss.png")
-    log.info("pretrain: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    log.info("pretrain: %s", ", ".join(f"{k}={v:.4g}" for k, v in {**metrics, **timings}.items()))
     return StageResult(
-        metrics=metrics,
-        artifacts=[encoder_path, out_dir / "metrics.json", out_dir / "history.json", plot_path],
+        metrics=metrics, timings=timings,
+        artifacts=[encoder_path, history_path, plot_path],
         tags={"ray_run_name": outcome.run_name, "ray_storage_path": outcome.storage_path,
               "ray_checkpoint": outcome.checkpoint_path,
               "dataset_content_hash": dataset.content_hash},
@@ -65,8 +66,10 @@ def write_encoder(path: Path, cfg: PipelineConfig, dataset: CanonicalDataset,
     return path
 
 
-def summary_metrics(cfg: PipelineConfig, outcome: PretrainOutcome) -> dict[str, float]:
-    """Flat numbers for metrics.json / MLflow from the per-epoch history."""
+def summary_metrics(cfg: PipelineConfig, outcome: PretrainOutcome
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """``(metrics, timings)`` from the per-epoch history: metrics.json gets the first (a function
+    of the inputs), MLflow and the untracked timings file both."""
     history = outcome.history
     last = history[-1] if history else {}
     knn = [row["knn_top1"] for row in history if "knn_top1" in row]
@@ -75,28 +78,24 @@ def summary_metrics(cfg: PipelineConfig, outcome: PretrainOutcome) -> dict[str, 
     metrics = {
         "final_loss": float(last.get("loss", float("nan"))),
         "contrastive_acc": float(last.get("contrastive_acc", float("nan"))),
-        "images_per_s": float(sum(r["images_per_s"] for r in fresh) / max(len(fresh), 1)),
         "epochs": float(last.get("epoch", 0)),
         "steps": float(last.get("step", 0)),
-        "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
-        "wall_time_s": float(outcome.wall_time_s),
-        "resumed_from": float(last.get("resumed_from", 0)),
         "num_workers": float(cfg.ray.num_workers),
     }
     if knn:
         metrics["knn_top1"] = float(knn[-1])
-    return metrics
+    timings = {
+        "images_per_s": float(sum(r["images_per_s"] for r in fresh) / max(len(fresh), 1)),
+        "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
+        "wall_time_s": float(outcome.wall_time_s),
+        "resumed_from": float(last.get("resumed_from", 0)),
+    }
+    return metrics, timings
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     """Loss (and kNN top-1 where measured) per epoch; a resume shows as a dotted line."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(6, 4)
     epochs = [row["epoch"] for row in history]
     ax.plot(epochs, [row["loss"] for row in history], marker="o", label="NT-Xent loss")
     ax.set_xlabel("epoch")
@@ -112,15 +111,4 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left" if not knn else "lower left")
     ax.set_title("SimCLR pretraining")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    return save_figure(fig, path)

@@ -7,14 +7,15 @@ metrics and lineage as tags, points ``challenger`` at it, then applies the promo
 (``cfg.registry.gate``): on a pass ``champion`` moves to it and the old champion becomes
 ``previous-champion``; otherwise no alias but ``challenger`` changes and the reason is recorded.
 Rerunning it on the same encoder file with the same metrics reuses that version (no duplicate).
+``outputs/register/metrics.json`` records the version (``registered_version``) and the gate's
+decision (``promoted``: 1 or 0); the reason is the version's and the run's ``gate_reason`` tag.
 
-Unlike the other stages this one needs MLflow: it must run under
-:func:`components.tracking.runs.tracked_stage` (``simclr register`` or the Prefect flow).
+Unlike the other stages this one needs MLflow: it runs tracked (``simclr register`` or the
+Prefect flow) and logs into the run and tracker of its :class:`StageContext`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -23,9 +24,16 @@ from mlflow.entities.model_registry import ModelVersion
 
 from components.config import PipelineConfig
 from components.errors import PipelineError
-from components.stages.common import StagePaths, StageResult
+from components.io import file_sha256
+from components.stage_api import (
+    EVALUATION_STAGES,
+    StageContext,
+    StagePaths,
+    StageResult,
+    read_metrics,
+)
 from components.tracking.gate import GateDecision
-from components.tracking.lineage import file_sha256, lineage_tags
+from components.tracking.lineage import lineage_tags
 from components.tracking.registry import (
     CHAMPION,
     alias_version,
@@ -34,44 +42,35 @@ from components.tracking.registry import (
     register_version,
     version_metrics,
 )
-from components.tracking.runs import tracking_client
 
 log = logging.getLogger(__name__)
+CANDIDATE_STAGES = ("pretrain", *EVALUATION_STAGES, "report")  # whose metrics describe the encoder
 
 
-def collect_metrics(outputs: Path) -> dict[str, float]:
-    """Every number in ``outputs/*/metrics.json``; a name seen twice keeps the first (sorted by
-    stage) and the later one is kept as ``<stage>.<name>``."""
+def collect_metrics(paths: StagePaths) -> dict[str, float]:
+    """Every number in the ``metrics.json`` of :data:`CANDIDATE_STAGES`; a name seen twice keeps
+    the first (in stage order) and the later one is kept as ``<stage>.<name>``."""
     merged: dict[str, float] = {}
-    for path in sorted(outputs.glob("*/metrics.json")):
-        try:
-            content = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise PipelineError(f"{path}: not valid JSON ({err})") from err
-        if not isinstance(content, dict):
-            raise PipelineError(f"{path}: expected a flat mapping of metric names to numbers")
-        for key, value in content.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            name = key if key not in merged else f"{path.parent.name}.{key}"
-            merged[name] = float(value)
+    for stage in CANDIDATE_STAGES:
+        for key, value in read_metrics(paths.metrics_file(stage)).items():
+            merged[key if key not in merged else f"{stage}.{key}"] = value
     return merged
 
 
-def run(cfg: PipelineConfig) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     from components.models.checkpoint import load_encoder
 
-    active = mlflow.active_run()
-    if active is None:
+    if ctx.run_id is None or ctx.tracker is None:
         raise PipelineError("stage register logs to MLflow: run it as `simclr register` "
-                            "(or through the pipeline flow), not as a bare function")
+                            "(or through the pipeline flow), not untracked")
     paths = StagePaths.of(cfg)
-    checkpoint = paths.stage_dir("pretrain") / "encoder.pt"
+    checkpoint = paths.encoder
     encoder, spec = load_encoder(checkpoint, expect=cfg.model)
-    metrics = collect_metrics(paths.outputs)
-    client, experiment_id = tracking_client(cfg)
+    metrics = collect_metrics(paths)
+    tracker = ctx.tracker
+    client, experiment_id = tracker.client, tracker.experiment_id
     name, gate = cfg.registry.model_name, cfg.registry.gate
-    run_id = active.info.run_id
+    run_id = ctx.run_id
 
     encoder_sha = file_sha256(checkpoint)
     pretrain_run = _pretrain_run_id(client, experiment_id, encoder_sha)
@@ -106,12 +105,12 @@ def run(cfg: PipelineConfig) -> StageResult:
         if champion is not None and str(champion.version) == version:
             decision = GateDecision(True, f"version {version} is already the champion")
         else:
-            decision = gate_and_promote(client, name, version, gate)
+            decision = gate_and_promote(tracker, name, version, gate)
     else:
-        logged = log_encoder(checkpoint, encoder, spec.in_channels, spec.image_size)
+        logged = log_encoder(tracker, run_id, checkpoint, encoder, spec.in_channels, spec.image_size)
         version = register_version(client, name, logged, run_id, metrics, tags, description)
         try:
-            decision = gate_and_promote(client, name, version, gate)
+            decision = gate_and_promote(tracker, name, version, gate)
         except BaseException:
             client.delete_model_version(name, version)  # nothing half-registered is left behind
             raise

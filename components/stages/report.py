@@ -3,7 +3,8 @@
 Reads ``outputs/{pretrain,linear-eval,finetune,transfer,baselines}/metrics.json`` (those that
 exist), writes ``outputs/report/results.md`` (every SimCLR number next to its baseline and the
 paper's protocol name) and ``outputs/report/metrics.json`` (``gain_<metric>`` = SimCLR minus
-its first baseline), and prints the table.
+its first baseline), and prints the table. Timings are not in it: they vary between identical
+runs, so they live in MLflow and ``outputs/timings/`` only.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import logging
 
 from components.config import PipelineConfig
 from components.errors import PipelineError
-from components.evaluation.report import gains, read_metrics, results_markdown, write_metrics
-from components.evaluation.stage_io import fresh_stage_dir
-from components.stages.common import StagePaths, StageResult
+from components.evaluation.report import gains, results_markdown
+from components.stage_api import (
+    EVALUATION_STAGES,
+    StageContext,
+    StagePaths,
+    StageResult,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
-STAGE = "report"
-EVALUATION_STAGES = ("linear-eval", "finetune", "transfer", "baselines")
 
 
-def run(cfg: PipelineConfig) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     paths = StagePaths.of(cfg)
-    out = fresh_stage_dir(cfg, STAGE)
-    per_stage = {stage: read_metrics(paths.stage_dir(stage) / "metrics.json")
+    per_stage = {stage: read_metrics(paths.metrics_file(stage))
                  for stage in ("pretrain", *EVALUATION_STAGES)}
     if not any(per_stage[stage] for stage in EVALUATION_STAGES):
         raise PipelineError(f"{paths.outputs}: no evaluation metrics.json found under "
@@ -33,12 +36,10 @@ def run(cfg: PipelineConfig) -> StageResult:
     for stage in EVALUATION_STAGES:
         merged.update(per_stage[stage])
     extra = {"Pretraining (outputs/pretrain/metrics.json)": per_stage["pretrain"],
-             "Run details (chosen L2, image counts, seconds)": {
-                 k: v for k, v in merged.items() if k.startswith(("l2_", "images_", "seconds_"))}}
+             "Run details (chosen L2, image counts)": {
+                 k: v for k, v in merged.items() if k.startswith(("l2_", "images_"))}}
     table = results_markdown(merged, extra)
-    results = out / "results.md"
+    results = paths.results
     results.write_text(table)
     print(table)
-    metrics = gains(merged)
-    write_metrics(out / "metrics.json", metrics)
-    return StageResult(metrics=metrics, artifacts=[results, out / "metrics.json"])
+    return StageResult(metrics=gains(merged), artifacts=[results])

@@ -13,10 +13,9 @@ confusion matrix per data set.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from components.config import PipelineConfig
-from components.evaluation.features import FeatureCache, file_digest, module_digest
+from components.evaluation.features import FeatureCache, module_digest
 from components.evaluation.finetune import finetune
 from components.evaluation.inputs import (
     load_pretrained_encoder,
@@ -27,24 +26,23 @@ from components.evaluation.inputs import (
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion
 from components.evaluation.plots import plot_confusion
-from components.evaluation.stage_io import evaluation_stage, metric_slug, pretrained_encoder_path
-from components.stages.common import StagePaths, StageResult
+from components.io import file_sha256
+from components.stage_api import StageContext, StagePaths, StageResult, metric_slug
 
 log = logging.getLogger(__name__)
-STAGE = "transfer"
 
 
-@evaluation_stage(STAGE)
-def run(cfg: PipelineConfig, out: Path) -> StageResult:
+def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
+    out = ctx.out
     paths = StagePaths.of(cfg)
     if not cfg.data.transfer:
         log.info("transfer: no data sets under data.transfer; nothing to evaluate")
         return StageResult()
-    encoder_path = pretrained_encoder_path(cfg)
+    encoder_path = paths.encoder
     encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
     baseline = random_encoder(spec.model, spec.in_channels, spec.image_size, cfg.seed)
     encoders = {
-        "transfer": (encoder, file_digest(encoder_path)),
+        "transfer": (encoder, file_sha256(encoder_path)),
         "random_transfer": (baseline, module_digest(baseline, {"seed": cfg.seed, "in_channels":
                             spec.in_channels, "image_size": spec.image_size})),
     }

@@ -1,4 +1,4 @@
-"""Registry and run-maintenance subcommands of ``simclr`` (wired in by ``components.stages.cli``).
+"""Registry and run-maintenance subcommands of ``simclr`` (wired in by the ``simclr`` CLI, ``components.stages.cli``).
 
     simclr models                 # versions, aliases, headline metrics
     simclr promote 3              # champion -> 3, old champion -> previous-champion
@@ -19,9 +19,9 @@ TABLE_METRICS = 4  # metric columns shown: the gate metric first, then the next 
 
 def _models(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from components.tracking.registry import list_versions
-    from components.tracking.runs import tracking_client
+    from components.tracking.runs import Tracker
 
-    rows = list_versions(tracking_client(cfg)[0], cfg.registry.model_name)
+    rows = list_versions(Tracker.from_config(cfg).client, cfg.registry.model_name)
     print(format_table(rows, cfg.registry.gate.metric))
     return 0
 
@@ -44,9 +44,9 @@ def format_table(rows: list[dict], gate_metric: str) -> str:
 
 def _promote(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from components.tracking.registry import promote
-    from components.tracking.runs import tracking_client
+    from components.tracking.runs import Tracker
 
-    old = promote(tracking_client(cfg)[0], cfg.registry.model_name, args.version)
+    old = promote(Tracker.from_config(cfg), cfg.registry.model_name, args.version)
     print(f"{cfg.registry.model_name}: champion -> version {args.version}"
           + (f" (previous-champion -> {old})" if old and old != args.version else ""))
     return 0
@@ -54,9 +54,9 @@ def _promote(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def _rollback(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from components.tracking.registry import rollback
-    from components.tracking.runs import tracking_client
+    from components.tracking.runs import Tracker
 
-    version = rollback(tracking_client(cfg)[0], cfg.registry.model_name)
+    version = rollback(Tracker.from_config(cfg), cfg.registry.model_name)
     print(f"{cfg.registry.model_name}: champion rolled back to version {version}")
     return 0
 

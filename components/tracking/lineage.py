@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from components.config import PipelineConfig
+from components.stage_api import StagePaths
 
 DVC_LOCK = "dvc.lock"
 PARAMS_FILE = "params.yaml"
@@ -49,8 +50,6 @@ def dvc_stage_hashes(lock_file: Path) -> dict[str, str]:
 
 def data_manifests(cfg: PipelineConfig, root: Path) -> list[Path]:
     """Manifests of the canonical, transfer and subset data present under ``root / cfg.paths.data``."""
-    from components.stages.common import StagePaths
-
     paths = StagePaths.of(cfg)
     candidates = [paths.dataset(cfg.data.source) / "manifest.json"]
     candidates += [paths.transfer_dataset(source) / "manifest.json" for source in cfg.data.transfer]
@@ -101,14 +100,6 @@ def lineage_files(cfg: PipelineConfig, root: Path) -> list[Path]:
     """Files worth attaching to a run as lineage: params.yaml, dvc.lock and the data manifests."""
     files = [root / PARAMS_FILE, root / DVC_LOCK] + data_manifests(cfg, root)
     return [path for path in files if path.is_file()]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _short_hash(obj: Any) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -37,14 +38,16 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from torch import nn
 
 from components.config import GateConfig
 from components.errors import PipelineError
 from components.tracking.gate import GateDecision, evaluate_gate
+from components.tracking.runs import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +81,46 @@ class LoggedEncoder:
     inference_uri: str  # pt2 copy, serving only
 
 
-def log_encoder(checkpoint: Path, encoder: nn.Module, in_channels: int, image_size: int,
-                export_pt2: bool = True) -> LoggedEncoder:
-    """Log both copies of ``encoder`` into the calling thread's active MLflow run."""
+def log_encoder(tracker: Tracker, run_id: str, checkpoint: Path, encoder: nn.Module,
+                in_channels: int, image_size: int, export_pt2: bool = True) -> LoggedEncoder:
+    """Log both copies of ``encoder`` as MLflow logged models of run ``run_id``."""
     example = np.random.default_rng(0).random((2, in_channels, image_size, image_size),
                                               dtype=np.float32)
     encoder.eval()
     with torch.no_grad():
         features = encoder(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, features)
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                    "numpy"]
-    finetune = mlflow.pyfunc.log_model(
-        name="encoder", python_model=str(Path(__file__).with_name("encoder_model.py")),
-        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature,
-        input_example=example, pip_requirements=requirements)
+    common = {"signature": infer_signature(example, features), "input_example": example,
+              "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}",
+                                   f"mlflow=={mlflow.__version__}", "numpy"]}
+    model_uri, model_id = _log_model(
+        tracker, run_id, "encoder", "python_function",
+        lambda path, model: mlflow.pyfunc.save_model(
+            path, python_model=str(Path(__file__).with_name("encoder_model.py")),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, mlflow_model=model, **common))
     inference_uri = ""
     if export_pt2:
-        inference = mlflow.pytorch.log_model(
-            encoder, name="encoder-pt2", serialization_format="pt2", signature=signature,
-            input_example=example, pip_requirements=requirements)
-        inference_uri = inference.model_uri
-    return LoggedEncoder(finetune.model_uri, finetune.model_id, inference_uri)
+        inference_uri, _ = _log_model(
+            tracker, run_id, "encoder-pt2", "pytorch",
+            lambda path, model: mlflow.pytorch.save_model(
+                encoder, path, serialization_format="pt2", mlflow_model=model, **common))
+    return LoggedEncoder(model_uri, model_id, inference_uri)
+
+
+def _log_model(tracker: Tracker, run_id: str, name: str, flavor: str,
+               save: Any) -> tuple[str, str]:
+    """What ``mlflow.<flavor>.log_model`` does, through the tracker's client (no fluent run):
+    create the logged model, save it locally with ``save(path, Model)``, upload, mark READY."""
+    client = tracker.client
+    logged = client.create_logged_model(tracker.experiment_id, name=name, source_run_id=run_id,
+                                        flavor=flavor)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / name
+        save(str(local), Model(artifact_path=logged.artifact_location, run_id=run_id,
+                               model_uuid=logged.model_id, model_id=logged.model_id))
+        client.log_model_artifacts(logged.model_id, str(local))
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return f"models:/{logged.model_id}", logged.model_id
 
 
 # ----------------------------------------------------------------------------- registry
@@ -137,9 +158,9 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 
 
 @contextmanager
-def registry_lock(client: MlflowClient) -> Iterator[None]:
+def registry_lock(registry_uri: str) -> Iterator[None]:
     """Exclusive lock for alias changes: a flock next to a local sqlite db, else none (see module)."""
-    uri = str(getattr(client, "_registry_uri", None) or mlflow.get_registry_uri())
+    uri = registry_uri
     with _THREAD_LOCK:
         if not uri.startswith("sqlite:///"):
             yield
@@ -154,10 +175,11 @@ def registry_lock(client: MlflowClient) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def gate_and_promote(client: MlflowClient, name: str, version: str, gate: GateConfig
+def gate_and_promote(tracker: Tracker, name: str, version: str, gate: GateConfig
                      ) -> GateDecision:
     """Set ``challenger`` on ``version``; promote it to ``champion`` if it passes the gate."""
-    with registry_lock(client):
+    client = tracker.client
+    with registry_lock(tracker.registry_uri):
         client.set_registered_model_alias(name, CHALLENGER, version)
         candidate = client.get_model_version(name, version)
         for _ in range(CAS_RETRIES):
@@ -173,19 +195,21 @@ def gate_and_promote(client: MlflowClient, name: str, version: str, gate: GateCo
                             f"{version}; retry the register stage")
 
 
-def promote(client: MlflowClient, name: str, version: str) -> str | None:
+def promote(tracker: Tracker, name: str, version: str) -> str | None:
     """Manual promotion: ``champion`` -> ``version``, the old champion -> ``previous-champion``.
 
     Returns the old champion's version (None if there was none).
     """
+    client = tracker.client
     _require_version(client, name, version)
-    with registry_lock(client):
+    with registry_lock(tracker.registry_uri):
         return _promote_locked(client, name, version)
 
 
-def rollback(client: MlflowClient, name: str) -> str:
+def rollback(tracker: Tracker, name: str) -> str:
     """``champion`` back to ``previous-champion`` (which then names the demoted version)."""
-    with registry_lock(client):
+    client = tracker.client
+    with registry_lock(tracker.registry_uri):
         previous = alias_version(client, name, PREVIOUS)
         if previous is None:
             raise PipelineError(f"registry {name}: no '{PREVIOUS}' alias to roll back to")
@@ -247,21 +271,22 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_encoder_from_registry(model_uri: str = "models:/simclr-encoder@champion",
-                               tracking_uri: str | None = None) -> nn.Module:
+def load_encoder_from_registry(model_uri: str, tracking_uri: str,
+                               registry_uri: str | None = None) -> nn.Module:
     """Download a registered encoder and rebuild it as a trainable ``nn.Module`` (in eval mode).
 
-    ``model_uri`` is any MLflow model URI: ``models:/<name>@<alias>``, ``models:/<name>/<version>``.
+    ``model_uri`` is any MLflow model URI: ``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+    read from the store at ``tracking_uri`` (registry: ``registry_uri``, default the same); MLflow's
+    process-wide URIs are neither read nor changed.
     The module maps float32 (B, C, H, W) in [0, 1] to features (B, feature_dim); call ``.train()``
     to fine-tune it. The checkpoint's spec (model config, channels, size, meta) is ``.spec``.
     """
     from components.models.checkpoint import load_encoder
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, tracking_uri=tracking_uri,
+            registry_uri=registry_uri or tracking_uri))
     except MlflowException as err:
         raise PipelineError(f"{model_uri}: cannot download from the registry ({err})") from err
     found = sorted((local / "artifacts").glob("*.pt"))

@@ -1,10 +1,10 @@
 """MLflow tracking of stages: one child run per stage, nested under a pipeline (parent) run.
 
-Runs are created and ended through :class:`mlflow.MlflowClient` with explicit run ids, so the
-wrapper works from any thread (MLflow's fluent "active run" is thread-local). While the stage
-function runs, its run is also made the fluent active run *of the calling thread*, so a stage
-that must log through the fluent API (``register`` logs models) finds it with
-``mlflow.active_run()``.
+Everything goes through one :class:`Tracker` (an :class:`mlflow.MlflowClient` with explicit
+tracking and registry URIs, and the experiment id) built once from the config and passed in:
+no process-global MLflow state is read or set, and runs are created and ended with explicit run
+ids, so tracking works from any thread. A stage that logs into its own run (``register`` logs
+models) gets the run id and the tracker from its :class:`~components.stage_api.StageContext`.
 
 Status rules: a stage that raises ends FAILED with the error as tags, its parent is marked FAILED
 too, and the exception propagates. A process killed mid-stage leaves its run RUNNING; each run
@@ -18,8 +18,9 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,12 @@ from mlflow.utils.validation import (
 )
 
 from components.config import PipelineConfig
-from components.stages.catalog import StageFn
-from components.stages.common import StageResult
-from components.tracking.lineage import file_sha256, lineage_files, lineage_tags
+from components.io import file_sha256
+from components.stage_api import PARENT_RUN_ENV, StageResult
+from components.tracking.lineage import lineage_files, lineage_tags
 
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "SIMCLR_PARENT_RUN_ID"
 DB_FILE = "mlflow.db"
 HOST_TAG, PID_TAG = "simclr.host", "simclr.pid"
 _BAD_KEY_CHARS = re.compile(r"[^\w\-./ :]")
@@ -58,18 +58,29 @@ def resolve_tracking_uri(cfg: PipelineConfig, root: Path | None = None) -> str:
     return f"sqlite:///{(root or Path.cwd()).resolve() / DB_FILE}"
 
 
-def tracking_client(cfg: PipelineConfig) -> tuple[MlflowClient, str]:
-    """A client on the resolved store and the id of ``cfg.tracking.experiment`` (created if absent).
+@dataclass(frozen=True)
+class Tracker:
+    """The MLflow store of one configuration: client (explicit URIs), URIs and experiment id."""
 
-    Also points MLflow's process-wide fluent API at the same store, for ``log_model``.
-    """
-    uri = resolve_tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return client, _experiment_id(client, cfg.tracking.experiment)
+    client: MlflowClient
+    tracking_uri: str
+    registry_uri: str
+    experiment_id: str
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, root: Path | None = None) -> Tracker:
+        """The resolved store (created if absent) and ``cfg.tracking.experiment`` (likewise)."""
+        uri = resolve_tracking_uri(cfg, root)
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return cls(client, uri, uri, _experiment_id(client, cfg.tracking.experiment))
+
+
+def tracking_client(cfg: PipelineConfig) -> tuple[MlflowClient, str]:
+    """``(client, experiment id)`` of :meth:`Tracker.from_config` (sets no global state)."""
+    tracker = Tracker.from_config(cfg)
+    return tracker.client, tracker.experiment_id
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -86,15 +97,20 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- runs
-def tracked_stage(cfg: PipelineConfig, name: str, fn: StageFn,
-                  parent_run_id: str | None = None) -> StageResult:
-    """Run ``fn(cfg)`` inside a child run named ``name``; log params, metrics, history, artifacts.
+StageBody = Callable[[str], StageResult]  # the stage's work, given its MLflow run id
+
+
+def tracked_stage(cfg: PipelineConfig, name: str, body: StageBody,
+                  parent_run_id: str | None = None, tracker: Tracker | None = None) -> StageResult:
+    """Run ``body(run_id)`` inside a child run named ``name``; log params, metrics, timings,
+    history, artifacts.
 
     The parent is ``parent_run_id``, else ``$SIMCLR_PARENT_RUN_ID``, else none (standalone run).
     """
-    client, experiment_id = tracking_client(cfg)
+    tracker = tracker or Tracker.from_config(cfg)
+    client, experiment_id = tracker.client, tracker.experiment_id
     root = Path.cwd()
-    parent = parent_run_id or os.environ.get(PARENT_ENV) or None
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
     tags = {"stage": name, **_process_tags(), **lineage_tags(cfg, root)}
     if parent:
         tags[MLFLOW_PARENT_RUN_ID] = parent
@@ -106,8 +122,8 @@ def tracked_stage(cfg: PipelineConfig, name: str, fn: StageFn,
                         "lineage/resolved_params.yaml")
         for path in lineage_files(cfg, root):
             client.log_artifact(run_id, str(path), "lineage")
-        with _active(run_id), _system_metrics(run_id, cfg.tracking.system_metrics):
-            result = fn(cfg)
+        with _system_metrics(tracker, run_id, cfg.tracking.system_metrics):
+            result = body(run_id)
         log_result(client, run_id, result)
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"
@@ -119,9 +135,10 @@ def tracked_stage(cfg: PipelineConfig, name: str, fn: StageFn,
     return result
 
 
-def start_pipeline_run(cfg: PipelineConfig, run_name: str) -> str:
+def start_pipeline_run(cfg: PipelineConfig, run_name: str, tracker: Tracker | None = None) -> str:
     """Open the parent run of a whole pipeline execution; returns its id (children nest under it)."""
-    client, experiment_id = tracking_client(cfg)
+    tracker = tracker or Tracker.from_config(cfg)
+    client, experiment_id = tracker.client, tracker.experiment_id
     root = Path.cwd()
     tags = {"pipeline": "true", **_process_tags(), **lineage_tags(cfg, root)}
     run_id = client.create_run(experiment_id, run_name=run_name, tags=_clip_tags(tags)).info.run_id
@@ -132,37 +149,46 @@ def start_pipeline_run(cfg: PipelineConfig, run_name: str) -> str:
 
 
 def end_pipeline_run(run_id: str, status: str = "FINISHED",
-                     cfg: PipelineConfig | None = None) -> None:
+                     cfg: PipelineConfig | None = None, tracker: Tracker | None = None) -> None:
     """End the parent run (``FINISHED``/``FAILED``/``KILLED``).
 
     The orchestrator has the last word: a child failure marks the parent FAILED at once, but a
     stage that then succeeds on retry lets the pipeline end FINISHED (tagged ``recovered``).
     """
-    client = tracking_client(cfg)[0] if cfg is not None else MlflowClient()
+    client = _client(cfg, tracker)
     if status == "FINISHED" and client.get_run(run_id).info.status == "FAILED":
         client.set_tag(run_id, "recovered", "true")
     client.set_terminated(run_id, status)
 
 
+def _client(cfg: PipelineConfig | None, tracker: Tracker | None) -> MlflowClient:
+    if tracker is not None:
+        return tracker.client
+    if cfg is None:
+        raise ValueError("pass the run's tracker or config: no global MLflow store is assumed")
+    return Tracker.from_config(cfg).client
+
+
 def mark_failed(run_id: str, reason: str, client: MlflowClient | None = None,
                 cfg: PipelineConfig | None = None) -> None:
     """End ``run_id`` as FAILED with ``reason`` in the ``error`` tag (never raises)."""
-    if client is None:
-        client = tracking_client(cfg)[0] if cfg is not None else MlflowClient()
     try:
+        client = client or _client(cfg, None)
         client.set_tag(run_id, "error", reason[:MAX_TAG_VAL_LENGTH])
         client.set_terminated(run_id, "FAILED")
     except Exception as err:  # noqa: BLE001 - do not mask the original failure
         log.warning("could not mark run %s failed: %s", run_id, err)
 
 
-def sweep_stale_runs(cfg: PipelineConfig, older_than_s: float = 24 * 3600) -> list[str]:
+def sweep_stale_runs(cfg: PipelineConfig, older_than_s: float = 24 * 3600,
+                     tracker: Tracker | None = None) -> list[str]:
     """Mark RUNNING runs whose process is gone as FAILED; returns their ids.
 
     A run started on this host is stale when its recorded pid no longer exists (at any age);
     a run from another host (or without a pid) is stale once older than ``older_than_s``.
     """
-    client, experiment_id = tracking_client(cfg)
+    tracker = tracker or Tracker.from_config(cfg)
+    client, experiment_id = tracker.client, tracker.experiment_id
     host, now_ms = socket.gethostname(), time.time() * 1000
     swept = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
@@ -182,9 +208,10 @@ def sweep_stale_runs(cfg: PipelineConfig, older_than_s: float = 24 * 3600) -> li
 
 # ----------------------------------------------------------------------------- logging
 def log_result(client: MlflowClient, run_id: str, result: StageResult) -> None:
-    """Metrics, history (as step metrics), tags and artifacts of one stage result."""
+    """Metrics and timings, history (as step metrics), tags and artifacts of one stage result."""
     now = int(time.time() * 1000)
-    metrics = [Metric(_key(k), _float(v), now, 0) for k, v in result.metrics.items() if _number(v)]
+    metrics = [Metric(_key(k), _float(v), now, 0)
+               for k, v in {**result.metrics, **result.timings}.items() if _number(v)]
     for index, row in enumerate(result.history):
         step = int(row.get("step", row.get("epoch", index)))
         metrics += [Metric(_key(k), _float(v), now, step) for k, v in row.items()
@@ -216,28 +243,14 @@ def _log_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _active(run_id: str) -> Iterator[None]:
-    """Make ``run_id`` the calling thread's fluent active run without letting MLflow end it."""
-    from mlflow.tracking.fluent import _active_run_stack
-
-    mlflow.start_run(run_id=run_id, nested=True)
-    try:
-        yield
-    finally:
-        stack = _active_run_stack.get()
-        if stack and stack[-1].info.run_id == run_id:
-            stack.pop()  # status is set by the caller, from the outcome
-
-
-@contextmanager
-def _system_metrics(run_id: str, enabled: bool) -> Iterator[None]:
+def _system_metrics(tracker: Tracker, run_id: str, enabled: bool) -> Iterator[None]:
     """CPU/memory/GPU sampling into the run while the stage runs (``tracking.system_metrics``)."""
     if not enabled:
         yield
         return
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, tracking_uri=mlflow.get_tracking_uri())
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=tracker.tracking_uri)
     monitor.start()
     try:
         yield
@@ -277,5 +290,5 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["PARENT_ENV", "end_pipeline_run", "log_result", "mark_failed", "resolve_tracking_uri",
+__all__ = ["Tracker", "end_pipeline_run", "log_result", "mark_failed", "resolve_tracking_uri",
            "start_pipeline_run", "sweep_stale_runs", "tracked_stage", "tracking_client"]
