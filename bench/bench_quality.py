@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.config import deep_merge, load_config  # noqa: E402
-from components.stages.catalog import stage_function  # noqa: E402
+from components.stages.runner import stage_function  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STAGES = ["ingest", "subsets", "pretrain", "linear-eval", "finetune", "transfer", "baselines", "report"]
@@ -146,7 +146,7 @@ def save_random_init(cfg) -> None:  # noqa: ANN001
     from components.data.store import CanonicalDataset
     from components.evaluation.inputs import random_encoder
     from components.models.checkpoint import save_encoder
-    from components.stages.common import StagePaths
+    from components.stage_api import StagePaths
 
     paths = StagePaths.of(cfg)
     height, _, channels = CanonicalDataset(paths.dataset(cfg.data.source)).image_shape

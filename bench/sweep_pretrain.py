@@ -94,8 +94,8 @@ def pretrain_and_probe(cfg: PipelineConfig, dataset_root: Path, seed: int = 0) -
 
 def ingest(work: Path) -> Path:
     """Fashion-MNIST (``params.yaml``'s source) ingested into ``work``; returns its folder."""
-    from components.stages.catalog import stage_function
-    from components.stages.common import StagePaths
+    from components.stage_api import StagePaths
+    from components.stages.runner import stage_function
 
     raw = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
                      {"paths": {"data": str(work / "data"), "outputs": str(work / "outputs")},

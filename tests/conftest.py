@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -59,25 +57,3 @@ def fashion_mnist_dataset(tmp_path_factory: pytest.TempPathFactory):
 def session_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite MLflow store for CLI tests of the whole session (creating one costs ~10 s)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_mlflow_uri() -> Iterator[None]:
-    """``mlflow.set_tracking_uri`` / ``set_registry_uri`` set process-wide state AND export
-    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``; without this, the store one test used
-    leaks into later tests' clients and subprocesses (flows, workers, the stack)."""
-    before = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
-    yield
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value

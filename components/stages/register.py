@@ -44,7 +44,7 @@ from components.tracking.registry import (
 )
 
 log = logging.getLogger(__name__)
-CANDIDATE_STAGES = ("pretrain", *EVALUATION_STAGES, "report")  # whose metrics describe the encoder
+CANDIDATE_STAGES = (*EVALUATION_STAGES, "report", "pretrain")  # the encoder's; evaluations first
 
 
 def collect_metrics(paths: StagePaths) -> dict[str, float]:

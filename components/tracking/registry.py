@@ -78,6 +78,7 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
 class LoggedEncoder:
     model_uri: str  # fine-tunable pyfunc copy (what gets registered)
     model_id: str
+    artifact_location: str  # where its files are (the registered version's source)
     inference_uri: str  # pt2 copy, serving only
 
 
@@ -92,27 +93,27 @@ def log_encoder(tracker: Tracker, run_id: str, checkpoint: Path, encoder: nn.Mod
     common = {"signature": infer_signature(example, features), "input_example": example,
               "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}",
                                    f"mlflow=={mlflow.__version__}", "numpy"]}
-    model_uri, model_id = _log_model(
+    model_uri, model_id, location = _log_model(
         tracker, run_id, "encoder", "python_function",
         lambda path, model: mlflow.pyfunc.save_model(
             path, python_model=str(Path(__file__).with_name("encoder_model.py")),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, mlflow_model=model, **common))
     inference_uri = ""
     if export_pt2:
-        inference_uri, _ = _log_model(
+        inference_uri, _, _ = _log_model(
             tracker, run_id, "encoder-pt2", "pytorch",
             lambda path, model: mlflow.pytorch.save_model(
                 encoder, path, serialization_format="pt2", mlflow_model=model, **common))
-    return LoggedEncoder(model_uri, model_id, inference_uri)
+    return LoggedEncoder(model_uri, model_id, location, inference_uri)
 
 
 def _log_model(tracker: Tracker, run_id: str, name: str, flavor: str,
-               save: Any) -> tuple[str, str]:
+               save: Any) -> tuple[str, str, str]:
     """What ``mlflow.<flavor>.log_model`` does, through the tracker's client (no fluent run):
     create the logged model, save it locally with ``save(path, Model)``, upload, mark READY."""
     client = tracker.client
     logged = client.create_logged_model(tracker.experiment_id, name=name, source_run_id=run_id,
-                                        flavor=flavor)
+                                        tags={"flavor": flavor})
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / name
@@ -120,7 +121,7 @@ def _log_model(tracker: Tracker, run_id: str, name: str, flavor: str,
                                model_uuid=logged.model_id, model_id=logged.model_id))
         client.log_model_artifacts(logged.model_id, str(local))
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    return f"models:/{logged.model_id}", logged.model_id
+    return f"models:/{logged.model_id}", logged.model_id, logged.artifact_location
 
 
 # ----------------------------------------------------------------------------- registry
@@ -136,7 +137,9 @@ def register_version(client: MlflowClient, name: str, logged: LoggedEncoder, run
     all_tags = {**{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}, **tags}
     if logged.inference_uri:
         all_tags["inference_model_uri"] = logged.inference_uri
-    version = client.create_model_version(name, source=logged.model_uri, run_id=run_id,
+    # source: the files' location, not models:/<id>, which MLflow's registry store resolves
+    # through the process-wide tracking URI (its own TODO in create_model_version)
+    version = client.create_model_version(name, source=logged.artifact_location, run_id=run_id,
                                           tags=all_tags, description=description,
                                           model_id=logged.model_id)
     return str(version.version)
@@ -271,6 +274,26 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- loading
+def model_files_uri(client: MlflowClient, model_uri: str) -> str:
+    """Where the files of ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
+    ``models:/<model id>`` are, resolved through ``client``: MLflow's own resolution of
+    ``models:/`` URIs reads the process-wide registry URI instead."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    ref = model_uri[len("models:/"):].strip("/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        elif "/" in ref:
+            name, version = ref.split("/", 1)
+        else:
+            return client.get_logged_model(ref).artifact_location
+        return client.get_model_version_download_uri(name, version)
+    except MlflowException as err:
+        raise PipelineError(f"{model_uri}: not found in the registry ({err.message})") from err
+
+
 def load_encoder_from_registry(model_uri: str, tracking_uri: str,
                                registry_uri: str | None = None) -> nn.Module:
     """Download a registered encoder and rebuild it as a trainable ``nn.Module`` (in eval mode).
@@ -283,10 +306,10 @@ def load_encoder_from_registry(model_uri: str, tracking_uri: str,
     """
     from components.models.checkpoint import load_encoder
 
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, tracking_uri=tracking_uri,
-            registry_uri=registry_uri or tracking_uri))
+            artifact_uri=model_files_uri(client, model_uri), tracking_uri=tracking_uri))
     except MlflowException as err:
         raise PipelineError(f"{model_uri}: cannot download from the registry ({err})") from err
     found = sorted((local / "artifacts").glob("*.pt"))

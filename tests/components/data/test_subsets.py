@@ -14,7 +14,6 @@ from components.data.subsets import (
     write_subsets,
 )
 from components.errors import DataError
-from components.stages.common import subset_tag as stage_subset_tag
 
 
 def test_per_class_rule():
@@ -44,9 +43,13 @@ def test_a_class_without_training_images_is_refused():
         balanced_subsets(np.array([0, 0, 1, 1]), 3, [0.5], seed=0)
 
 
-def test_tags_match_stage_paths():
-    for fraction in (0.01, 0.1, 0.005, 0.25, 1.0):
-        assert subset_tag(fraction) == stage_subset_tag(fraction)
+def test_tags_name_the_subset_files_of_stage_paths():
+    from components.config import PipelineConfig
+    from components.stage_api import StagePaths
+
+    paths = StagePaths.of(PipelineConfig())
+    for fraction, tag in ((0.01, "1pct"), (0.1, "10pct"), (0.005, "0.5pct"), (1.0, "100pct")):
+        assert subset_tag(fraction) == tag and paths.subset_file(fraction).name == f"{tag}.txt"
 
 
 @pytest.fixture

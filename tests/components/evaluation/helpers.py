@@ -120,7 +120,7 @@ def build_project(tmp: Path, transfer: list[dict[str, Any]] | None = None,
                   with_encoder: bool = True, with_subsets: bool = True) -> tuple[PipelineConfig, Path]:
     """Data, subsets, encoder and a params file under ``tmp``; returns (cfg, params path)."""
     from components.data.subsets import write_subsets
-    from components.stages.common import StagePaths
+    from components.stage_api import StagePaths
 
     params = eval_params(tmp, transfer)
     cfg = config_from_dict(params)

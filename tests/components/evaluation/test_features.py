@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from components.config import ModelConfig
-from components.evaluation.features import FeatureCache, adapt_images, encode, file_digest
+from components.evaluation.features import FeatureCache, adapt_images, encode
 from components.evaluation.inputs import load_pretrained_encoder
-from components.stages.common import StagePaths
+from components.io import file_sha256
+from components.stage_api import StagePaths
 from tests.components.evaluation.helpers import (
     FMNIST,
     SMALL_MODEL,
@@ -63,7 +64,7 @@ def test_cache_reuses_features_and_keys_on_encoder_bytes(tmp_path, fmnist):
     calls = []
     encoder.register_forward_hook(lambda module, inputs, output: calls.append(len(output)))
     cache = FeatureCache(tmp_path / "cache")
-    digest = file_digest(path)
+    digest = file_sha256(path)
     first = cache.features(encoder, digest, fmnist, "test", 1, 28, batch_size=64)
     assert sum(calls) == 100 and cache.stats == {"hits": 0, "misses": 1, "images_encoded": 100}
     second = FeatureCache(tmp_path / "cache").features(encoder, digest, fmnist, "test", 1, 28)
@@ -72,8 +73,8 @@ def test_cache_reuses_features_and_keys_on_encoder_bytes(tmp_path, fmnist):
     # another split, an index subset, another encoder file: each is its own entry
     cache.features(encoder, digest, fmnist, "train", 1, 28, indices=np.arange(20))
     other = save_random_encoder(tmp_path / "other.pt", seed=1)
-    assert file_digest(other) != digest
-    cache.features(encoder, file_digest(other), fmnist, "test", 1, 28)
+    assert file_sha256(other) != digest
+    cache.features(encoder, file_sha256(other), fmnist, "test", 1, 28)
     assert cache.stats["misses"] == 3 and sum(calls) == 100 + 20 + 100
     assert len(list(Path(tmp_path / "cache").glob("*.npy"))) == 3
 
@@ -83,20 +84,19 @@ def test_extraction_adapts_a_three_channel_16px_set(tmp_path):
     path = save_random_encoder(tmp_path / "encoder.pt")
     encoder, spec = load_pretrained_encoder(path, ModelConfig(**SMALL_MODEL))
     features = FeatureCache(tmp_path / "cache").features(
-        encoder, file_digest(path), dataset, "test", spec.in_channels, spec.image_size)
+        encoder, file_sha256(path), dataset, "test", spec.in_channels, spec.image_size)
     assert features.shape == (60, encoder.feature_dim) and np.isfinite(features).all()
 
 
 def test_paths_helper_points_at_pretrain_output(tmp_path):
     from components.config import config_from_dict
-    from components.evaluation.stage_io import pretrained_encoder_path
 
     cfg = config_from_dict({"paths": {"data": str(tmp_path), "outputs": str(tmp_path / "o")}})
-    assert pretrained_encoder_path(cfg) == StagePaths.of(cfg).stage_dir("pretrain") / "encoder.pt"
+    assert StagePaths.of(cfg).encoder == tmp_path / "o" / "pretrain" / "encoder.pt"
 
 
 def test_torch_threads_is_restored():
-    from components.evaluation.stage_io import torch_threads
+    from components.stages.runner import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):

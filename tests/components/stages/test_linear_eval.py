@@ -8,9 +8,9 @@ import torch
 from components.config import ModelConfig
 from components.evaluation.features import FeatureCache
 from components.evaluation.inputs import load_pretrained_encoder
-from components.stages.catalog import stage_function
+from components.stage_api import StagePaths
 from components.stages.cli import main
-from components.stages.common import StagePaths
+from components.stages.runner import stage_function
 from tests.components.evaluation.helpers import FMNIST, SMALL_MODEL, build_project
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason=f"{FMNIST} not present")

@@ -21,9 +21,9 @@ import torch
 from components.config import PipelineConfig
 from components.data.store import CanonicalDataset
 from components.models.checkpoint import load_encoder
-from components.stages.catalog import stage_function
-from components.stages.common import StageResult
+from components.stage_api import StageResult
 from components.stages.pretrain import run
+from components.stages.runner import stage_function
 from components.training.ray_driver import run_name_for
 from tests.components.training.conftest import fmnist_root, ray_session, tiny_config  # noqa: F401
 

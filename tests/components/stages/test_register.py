@@ -8,9 +8,10 @@ import pytest
 from mlflow import MlflowClient
 
 from components.errors import PipelineError
+from components.stage_api import StagePaths
 from components.stages.register import collect_metrics
-from components.stages.register import run as register
-from components.tracking.runs import start_pipeline_run, tracked_stage
+from components.stages.runner import run_stage, stage_function
+from components.tracking.runs import start_pipeline_run
 from tests.components.tracking.helpers import (
     aliases,
     fresh_store,
@@ -42,14 +43,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_collect_metrics_merges_stage_files(tmp_path: Path) -> None:
-    write_metrics(tmp_path, "evaluate", {"linear_top1": 0.7, "note": "text"})
+    write_metrics(tmp_path, "linear-eval", {"linear_top1": 0.7, "note": "text"})
     write_metrics(tmp_path, "pretrain", {"final_loss": 3.2, "linear_top1": 0.1})
-    assert collect_metrics(tmp_path / "outputs") == {
+    write_metrics(tmp_path, "ingest", {"data.digits.train_count": 1000})  # not the encoder's
+    paths = StagePaths(tmp_path / "data", tmp_path / "outputs")
+    assert collect_metrics(paths) == {
         "linear_top1": 0.7, "final_loss": 3.2, "pretrain.linear_top1": 0.1}
-    (tmp_path / "outputs" / "broken").mkdir()
-    (tmp_path / "outputs" / "broken" / "metrics.json").write_text("{")
-    with pytest.raises(PipelineError, match="broken/metrics.json"):
-        collect_metrics(tmp_path / "outputs")
+    (tmp_path / "outputs" / "finetune").mkdir()
+    (tmp_path / "outputs" / "finetune" / "metrics.json").write_text("{")
+    with pytest.raises(PipelineError, match="finetune/metrics.json"):
+        collect_metrics(paths)
 
 
 def test_gate_decides_champion_challenger_and_previous(project: Path, store: str) -> None:
@@ -98,7 +101,7 @@ def test_rerun_with_unchanged_inputs_reuses_the_version(project: Path, store: st
     uri = store
     cfg = make_cfg(uri, registry=GATE)
     first = register_candidate(project, cfg, {"linear_top1": 0.70})
-    again = tracked_stage(cfg, "register", register)  # same encoder.pt, same metrics.json
+    again = run_stage(cfg, "register")  # same encoder.pt, same metrics.json
     assert again.tags["registered_version"] == first.tags["registered_version"] == "1"
     assert again.metrics["promoted"] == 1.0 and "already the champion" in again.tags["gate_reason"]
     client = MlflowClient(uri, uri)
@@ -118,9 +121,9 @@ def test_failed_register_registers_nothing(project: Path, store: str) -> None:
     uri = store
     cfg = make_cfg(uri)
     parent = start_pipeline_run(cfg, "pipeline")
-    write_metrics(project, "evaluate", {"linear_top1": 0.9})  # but no encoder checkpoint
+    write_metrics(project, "linear-eval", {"linear_top1": 0.9})  # but no encoder checkpoint
     with pytest.raises(PipelineError, match="encoder.pt"):
-        tracked_stage(cfg, "register", register, parent_run_id=parent)
+        run_stage(cfg, "register", parent_run_id=parent)
     client = MlflowClient(uri, uri)
     assert client.search_registered_models() == []
     assert client.get_run(parent).info.status == "FAILED"
@@ -128,4 +131,5 @@ def test_failed_register_registers_nothing(project: Path, store: str) -> None:
 
 def test_register_outside_tracking_is_refused(project: Path, store: str) -> None:
     with pytest.raises(PipelineError, match="simclr register"):
-        register(make_cfg(store))
+        stage_function("register")(make_cfg(store))
+    assert not (project / "outputs" / "register" / "metrics.json").exists()

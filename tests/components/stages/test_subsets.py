@@ -10,8 +10,8 @@ import yaml
 
 from components.config import config_from_dict
 from components.data.subsets import read_subset
+from components.stage_api import StagePaths
 from components.stages.cli import main
-from components.stages.common import StagePaths
 from components.stages.subsets import run
 
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from components.stages.catalog import stage_function
+from components.stage_api import StagePaths
 from components.stages.cli import main
-from components.stages.common import StagePaths
+from components.stages.runner import stage_function
 from tests.components.evaluation.helpers import FMNIST, build_project
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason=f"{FMNIST} not present")

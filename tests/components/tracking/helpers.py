@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from components.config import PipelineConfig, config_from_dict
 from components.models.checkpoint import save_encoder
 from components.models.encoder import build_encoder
-from components.stages.common import StageResult
+from components.stage_api import StageResult
+from components.stages.runner import run_stage
 from components.tracking.runs import tracked_stage
 
 IMAGE_SIZE, CHANNELS = 16, 1
@@ -70,8 +71,8 @@ def write_metrics(root: Path, stage: str, metrics: dict[str, float],
 
 
 def pretrain_stage(root: Path):
-    """A stand-in pretrain stage that only reports the encoder file written by ``write_encoder``."""
-    def run(cfg: PipelineConfig) -> StageResult:
+    """A stand-in pretrain stage body that only reports the encoder file of ``write_encoder``."""
+    def run(run_id: str) -> StageResult:
         return StageResult(metrics={"final_loss": 1.0},
                            artifacts=[root / "outputs" / "pretrain" / "encoder.pt"],
                            tags={"ray_run_name": "ray-run"},
@@ -82,12 +83,10 @@ def pretrain_stage(root: Path):
 def register_candidate(root: Path, cfg: PipelineConfig, metrics: dict[str, float],
                        seed: int = 0) -> StageResult:
     """Write an encoder + evaluation metrics, track a pretrain run, then run stage ``register``."""
-    from components.stages.register import run as register
-
     write_encoder(root, cfg, seed)
-    write_metrics(root, "evaluate", metrics)
+    write_metrics(root, "linear-eval", metrics)
     tracked_stage(cfg, "pretrain", pretrain_stage(root))
-    return tracked_stage(cfg, "register", register)
+    return run_stage(cfg, "register")
 
 
 def aliases(client: MlflowClient, name: str = "simclr-encoder") -> dict[str, str]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from components.models.checkpoint import load_encoder
 from components.stages.cli import main
-from components.tracking.registry import load_encoder_from_registry
+from components.tracking.registry import load_encoder_from_registry, model_files_uri
 from tests.components.tracking.helpers import (
     CHANNELS,
     IMAGE_SIZE,
@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_champion_loads_back_as_a_trainable_encoder(project: Path, sqlite_uri: str) -> None:
     cfg = make_cfg(sqlite_uri)
+    global_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     register_candidate(project, cfg, {"linear_top1": 0.7})
     original, spec = load_encoder(project / "outputs" / "pretrain" / "encoder.pt")
     original.eval()
@@ -54,12 +55,20 @@ def test_champion_loads_back_as_a_trainable_encoder(project: Path, sqlite_uri: s
 
     # the generic MLflow APIs: pyfunc (fine-tunable copy) and the pt2 inference copy
     expected = original(x).detach().numpy()
-    served = mlflow.pyfunc.load_model("models:/simclr-encoder@champion").predict(x.numpy())
+    def download(uri: str) -> str:  # explicit store: MLflow's process-wide URIs stay unset
+        files = model_files_uri(MlflowClient(sqlite_uri, sqlite_uri), uri)
+        return mlflow.artifacts.download_artifacts(artifact_uri=files, tracking_uri=sqlite_uri)
+
+    served = mlflow.pyfunc.load_model(download("models:/simclr-encoder@champion")).predict(x.numpy())
     np.testing.assert_allclose(served, expected, atol=1e-5)
     version = MlflowClient(sqlite_uri, sqlite_uri).get_model_version_by_alias(
         "simclr-encoder", "champion")
-    exported = mlflow.pytorch.load_model(version.tags["inference_model_uri"])
+    exported = mlflow.pytorch.load_model(download(version.tags["inference_model_uri"]))
     np.testing.assert_allclose(exported(x).detach().numpy(), expected, atol=1e-5)
+    # registering and loading set none of MLflow's process-wide state
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == global_uris
+    assert sqlite_uri not in global_uris and mlflow.active_run() is None
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def test_models_promote_and_rollback_commands(project: Path, sqlite_uri: str,
@@ -107,11 +116,11 @@ def test_concurrent_registrations_leave_consistent_aliases(project: Path, sqlite
     for seed, (outputs, score) in enumerate(scores.items()):
         local = make_cfg(sqlite_uri, paths={"data": "data", "outputs": outputs})
         write_encoder(project, local, seed)
-        write_metrics(project, "evaluate", {"linear_top1": score}, outputs=outputs)
+        write_metrics(project, "linear-eval", {"linear_top1": score}, outputs=outputs)
     # create the store first so both processes do not race on the schema migration
-    from components.tracking.runs import tracking_client
+    from components.tracking.runs import Tracker
 
-    tracking_client(cfg)
+    Tracker.from_config(cfg)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-m", "components.stages.cli", "register",
                                "--params", params, "--set", f"paths.outputs={outputs}"],
@@ -142,6 +151,7 @@ def test_concurrent_gate_decisions_in_threads(tmp_path: Path, sqlite_uri: str,
 
     from components.config import GateConfig
     from components.tracking.registry import gate_and_promote, registry_lock
+    from components.tracking.runs import Tracker
 
     client.create_registered_model("racing")
     scores = [0.55, 0.80, 0.65, 0.70]
@@ -149,11 +159,12 @@ def test_concurrent_gate_decisions_in_threads(tmp_path: Path, sqlite_uri: str,
         client.create_model_version("racing", source=str(tmp_path),
                                     tags={"metric.linear_top1": repr(score)})
     gate = GateConfig(metric="linear_top1", min_improvement=0.0)
+    tracker = Tracker(client, client.tracking_uri, client.tracking_uri, "0")
     start, decisions = threading.Barrier(len(scores)), {}
 
     def promote(version: str) -> None:
         start.wait()
-        decisions[version] = gate_and_promote(client, "racing", version, gate).passed
+        decisions[version] = gate_and_promote(tracker, "racing", version, gate).passed
 
     threads = [threading.Thread(target=promote, args=(str(i + 1),)) for i in range(len(scores))]
     for thread in threads:
@@ -163,5 +174,5 @@ def test_concurrent_gate_decisions_in_threads(tmp_path: Path, sqlite_uri: str,
     found = aliases(client, "racing")
     assert found["champion"] == "2"  # 0.80
     assert found["previous-champion"] != "2" and decisions["2"] is True
-    with registry_lock(client):  # released again after the race
+    with registry_lock(tracker.registry_uri):  # released again after the race
         pass

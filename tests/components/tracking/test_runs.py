@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from components.stages.common import StageResult
+from components.stage_api import StageResult
 from components.tracking.runs import (
     end_pipeline_run,
     resolve_tracking_uri,
@@ -26,7 +26,7 @@ from tests.components.tracking.helpers import git, make_cfg
 
 
 def _stage(tmp: Path):
-    def run(cfg):
+    def run(run_id):
         out = tmp / "outputs" / "demo"
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps({"acc": 0.5}))
@@ -111,7 +111,7 @@ def test_standalone_run_without_git(tmp_path: Path, sqlite_uri: str, client: Mlf
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SIMCLR_PARENT_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
-    tracked_stage(make_cfg(sqlite_uri), "demo", lambda cfg: StageResult(metrics={"x": 1.0}))
+    tracked_stage(make_cfg(sqlite_uri), "demo", lambda run_id: StageResult(metrics={"x": 1.0}))
     (run,) = _experiment_runs(client)
     assert MLFLOW_PARENT_RUN_ID not in run.data.tags
     assert "git_commit" not in run.data.tags and run.info.status == "FINISHED"
@@ -122,7 +122,7 @@ def test_failing_stage_fails_child_and_parent(project: Path, sqlite_uri: str,
     cfg = make_cfg(sqlite_uri)
     parent = start_pipeline_run(cfg, "pipeline")
 
-    def broken(cfg):
+    def broken(run_id):
         raise ValueError("boom in stage")
 
     with pytest.raises(ValueError, match="boom in stage"):
@@ -142,7 +142,7 @@ def test_retried_stage_lets_the_pipeline_finish(project: Path, sqlite_uri: str,
     parent = start_pipeline_run(cfg, "pipeline")
     attempts = []
 
-    def flaky(cfg):
+    def flaky(run_id):
         attempts.append(1)
         if len(attempts) == 1:
             raise ConnectionError("transient")
@@ -161,11 +161,11 @@ def test_retried_stage_lets_the_pipeline_finish(project: Path, sqlite_uri: str,
 _KILLED_CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from components.stages.common import StageResult
+    from components.stage_api import StageResult
     from components.tracking.runs import tracked_stage
     from tests.components.tracking.helpers import make_cfg
 
-    def hang(cfg):
+    def hang(run_id):
         print("started", flush=True)
         time.sleep(600)
         return StageResult()
@@ -186,7 +186,7 @@ def test_killed_process_leaves_running_run_that_sweep_fails(project: Path, sqlit
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    live = tracked_stage(cfg, "live", lambda c: StageResult())  # FINISHED, untouched
+    live = tracked_stage(cfg, "live", lambda run_id: StageResult())  # FINISHED, untouched
     (hung,) = [r for r in _experiment_runs(client) if r.info.run_name == "hang"]
     assert hung.info.status == "RUNNING"
 
