@@ -100,3 +100,78 @@ def test_every_subcommand_has_help(capsys):
             parser.parse_args([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: simclr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["pretrain.batch_size=63"], "not divisible by ray.num_workers=2"),
+    (["pretrain.batch_size=4", "ray.num_workers=4"], "1 image(s) per worker"),
+    (["pretrain.max_images=32"], "pretrain.max_images: 32 is smaller than pretrain.batch_size=64"),
+    (["subsets.fractions=[0.1, 0.1]"], "subsets.fractions"),
+    (["subsets.fractions=[0.0]"], "subsets.fractions"),
+    (["subsets.fractions=[1.5]"], "subsets.fractions"),
+    (["data.transfer=[{kind: digits, name: a}, {kind: digits, name: a}]"], "duplicate source names"),
+    (["model.stem=imagenet"], "model.stem: imagenet needs images of >= 32 px"),
+])
+def test_cross_field_rules_are_checked_at_load(overrides, named):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "params.yaml", "tiny", overrides)
+    assert named in str(info.value) and "\n" not in str(info.value)
+    assert not str(info.value).startswith("invalid configuration: <root>")
+
+
+def test_bad_batch_through_simclr_exits_2_with_one_line_and_no_mlflow_run(tmp_path):
+    """Through the real entry point: refused while loading, before any MLflow store or run."""
+    import os
+    import subprocess
+    import sys
+
+    simclr = Path(sys.executable).parent / "simclr"
+    store = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    done = subprocess.run([str(simclr), "pretrain", "--params", str(ROOT / "params.yaml"),
+                           "--preset", "tiny", "--set", "pretrain.batch_size=63"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "pretrain.batch_size: 63" in lines[0]
+    assert not store.exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("text, named", [
+    ("pretrain: {epochs: [1,\n", "not valid YAML"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+    ("pretrain: {epochs: -1}\n", "pretrain.epochs"),
+    ("pretrain: {epoch: 3}\n", "pretrain.epoch: unknown key"),
+])
+def test_malformed_preset_is_one_error_line_exit_2(tmp_path, capsys, text, named):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text(text)
+    assert main(["params", "--params", str(ROOT / "params.yaml"), "--preset", str(preset)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and named in err
+    missing = main(["params", "--params", str(ROOT / "params.yaml"), "--preset", "no-such"])
+    assert missing == 2 and "preset 'no-such'" in capsys.readouterr().err
+
+
+def test_params_file_update_keeps_comments_and_key_order(tmp_path):
+    from components.config import apply_to_params_file
+
+    params = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    params.write_text(original)
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "tiny.yaml").write_text((ROOT / "presets" / "tiny.yaml").read_text())
+
+    cfg = apply_to_params_file(params, "tiny", ["pretrain.epochs=3"])
+    text = params.read_text()
+    assert cfg.pretrain.epochs == 3 and cfg == load_config(params)
+    comments = [line.split("#", 1)[1] for line in original.splitlines() if "#" in line]
+    assert all(comment in text for comment in comments)
+    assert list(yaml.safe_load(text)) == list(yaml.safe_load(original))  # top-level key order
+    assert yaml.safe_load(text)["pretrain"]["batch_size"] == 64
+    before = params.stat().st_mtime_ns
+    apply_to_params_file(params, "tiny", ["pretrain.epochs=3"])  # no change: not rewritten
+    assert params.stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match="pretrain.batch_size"):
+        apply_to_params_file(params, None, ["pretrain.batch_size=63"])
+    assert params.read_text() == text  # refused before anything is written

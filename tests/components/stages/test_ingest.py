@@ -14,13 +14,15 @@ import yaml
 from components.config import SourceConfig, config_from_dict
 from components.data.sources import ingest_sources
 from components.stages.cli import main
-from components.stages.ingest import run
+from components.stages.runner import stage_function
 from tests.components.data.formats import (
     image_folder,
     random_idx_folder,
     write_cifar10,
     write_idx,
 )
+
+run = stage_function("ingest")  # the stage under the runner, untracked
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from components.config import config_from_dict
 from components.data.subsets import read_subset
 from components.stage_api import StagePaths
 from components.stages.cli import main
-from components.stages.subsets import run
+from components.stages.runner import stage_function
+
+run = stage_function("subsets")  # the stage under the runner, untracked
 
 
 def config(data: Path, seed: int = 0, fractions=(0.01, 0.1)):

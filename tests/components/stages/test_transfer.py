@@ -55,4 +55,6 @@ def test_no_transfer_sets_is_an_empty_result(tmp_path):
     cfg, params = build_project(tmp_path, transfer=[])
     assert main(["transfer", "--params", str(params)]) == 0
     metrics = json.loads((StagePaths.of(cfg).stage_dir("transfer") / "metrics.json").read_text())
-    assert set(metrics) == {"seconds_transfer"}
+    assert metrics == {}
+    timings = json.loads(StagePaths.of(cfg).timings_file("transfer").read_text())
+    assert set(timings) == {"seconds_transfer"}
