@@ -21,7 +21,26 @@ def run_flow(project, **parameters):
     return simclr_pipeline(project_dir=str(project.root), return_state=True, **parameters)
 
 
+def commented_params(project) -> list[str]:
+    """Put the checkout's params.yaml (comments and all) into the copy, with its fast data
+    settings; returns the comments."""
+    import json
+
+    from components.config import apply_to_params_file
+    from tests.project import FAST_DATA_PARAMS, ROOT
+
+    text = (ROOT / "params.yaml").read_text()
+    (project.root / "params.yaml").write_text(text)
+    data, subsets = FAST_DATA_PARAMS["data"], FAST_DATA_PARAMS["subsets"]
+    apply_to_params_file(project.root / "params.yaml", None, [
+        f"data.source={json.dumps(data['source'])}", f"data.transfer={json.dumps(data['transfer'])}",
+        f"subsets={json.dumps(subsets)}"])
+    project.commit("params.yaml with its comments")
+    return [line.split("#", 1)[1] for line in text.splitlines() if "#" in line]
+
+
 def test_first_run_runs_every_stale_stage_under_one_parent_mlflow_run(project):
+    comments = commented_params(project)
     state = run_flow(project, preset="tiny", stages=DATA_STAGES)
     assert state.is_completed(), state.message
     assert state.result() == {"ingest": RAN, "subsets": RAN}
@@ -30,8 +49,10 @@ def test_first_run_runs_every_stale_stage_under_one_parent_mlflow_run(project):
     lock = (project.root / "dvc.lock").read_text()
     assert "ingest:" in lock and "subsets:" in lock
     assert project.dvc("status", *DATA_STAGES).stdout.strip().endswith("up to date.")
-    # the preset was written into params.yaml, as `dvc exp run -S` would
+    # the preset was written into params.yaml, as `dvc exp run -S` would, comments kept
     assert project.params()["pretrain"]["epochs"] == 2
+    text = (project.root / "params.yaml").read_text()
+    assert [c for c in comments if c not in text] == []
 
     flow_run_id = str(state.state_details.flow_run_id)
     client = MlflowClient(project.env["MLFLOW_TRACKING_URI"])

@@ -17,13 +17,13 @@ from tests.components.tracking.helpers import (
     fresh_store,
     git,
     make_cfg,
-    make_project,
     migrated_store,
+    project,
     register_candidate,
     write_metrics,
 )
 
-__all__ = ["migrated_store"]  # session fixture: a migrated empty MLflow database
+__all__ = ["migrated_store", "project"]  # fixtures: a migrated empty MLflow db, a git project
 GATE = {"gate": {"metric": "linear_top1", "min_value": 0.5, "min_improvement": 0.01,
                  "max_transfer_drop": 0.05}}
 
@@ -31,15 +31,6 @@ GATE = {"gate": {"metric": "linear_top1", "min_value": 0.5, "min_improvement": 0
 @pytest.fixture
 def store(tmp_path: Path, migrated_store: Path) -> str:
     return fresh_store(migrated_store, tmp_path / "mlflow.db")
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("MLFLOW_TRACKING_URI", "SIMCLR_PARENT_RUN_ID", "PREFECT__FLOW_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    root = make_project(tmp_path / "project")
-    monkeypatch.chdir(root)
-    return root
 
 
 def test_collect_metrics_merges_stage_files(tmp_path: Path) -> None:

@@ -7,19 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.components.tracking.helpers import fresh_store, make_project, migrated_store
+from tests.components.tracking.helpers import fresh_store, migrated_store, project
 
-__all__ = ["migrated_store"]
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A committed git repo (params.yaml, dvc.lock, data manifest) that is the current directory."""
-    for name in ("MLFLOW_TRACKING_URI", "SIMCLR_PARENT_RUN_ID", "PREFECT__FLOW_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    root = make_project(tmp_path / "project")
-    monkeypatch.chdir(root)
-    return root
+__all__ = ["migrated_store", "project"]
 
 
 @pytest.fixture

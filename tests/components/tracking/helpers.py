@@ -107,6 +107,16 @@ def write_params(root: Path, tracking_uri: str, name: str = "test-params.yaml",
     return path
 
 
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A committed git repo (params.yaml, dvc.lock, data manifest) that is the current directory."""
+    for name in ("MLFLOW_TRACKING_URI", "SIMCLR_PARENT_RUN_ID", "PREFECT__FLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow sqlite database with every schema migration applied (slow: done once)."""
