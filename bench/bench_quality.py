@@ -1,6 +1,6 @@
 """Quality benchmark: the whole pipeline on Fashion-MNIST, stage by stage, against its baselines.
 
-Runs the stages in order through ``components.stages.catalog`` (ingest, subsets, pretrain,
+Runs the stages in order through ``components.stages.runner`` (ingest, subsets, pretrain,
 linear-eval, finetune, transfer, baselines, report) in a work folder of its own (data, outputs,
 feature cache and Ray checkpoints all inside it), times each stage and checks the targets:
 

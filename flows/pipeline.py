@@ -203,12 +203,7 @@ def simclr_pipeline(
         stages: run only these stages (in pipeline order); default: all of ``dvc.yaml``.
         retry_backoff_s: first retry delay of the retried stages (doubles each retry).
     """
-    from components.tracking.runs import (
-        end_pipeline_run,
-        resolve_tracking_uri,
-        start_pipeline_run,
-        tracking_client,
-    )
+    from components.tracking.runs import Tracker, end_pipeline_run, start_pipeline_run
 
     logger = get_run_logger()
     project = Path(project_dir or os.getcwd()).resolve()
@@ -216,11 +211,11 @@ def simclr_pipeline(
     cfg = apply_params(project, preset, list(overrides or []))
     logger.info("project %s, stages %s", project, ", ".join(selected))
 
-    with contextlib.chdir(project):  # the tracking library reads store and lineage from the cwd
-        tracking_uri = resolve_tracking_uri(cfg, project)
-        experiment_id = tracking_client(cfg)[1]
-        parent = start_pipeline_run(cfg, run_name=f"pipeline-{flow_run.name or 'local'}")
-        tracking_client(cfg)[0].set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))
+    with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
+        tracker = Tracker.from_config(cfg, project)
+        tracking_uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
+        parent = start_pipeline_run(cfg, f"pipeline-{flow_run.name or 'local'}", tracker)
+        tracker.client.set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))
     logger.info("MLflow parent run %s (%s)", parent, tracking_uri)
     outcomes: dict[str, str] = {}
     status = "FAILED"
@@ -232,8 +227,8 @@ def simclr_pipeline(
         with contextlib.chdir(project):
             lock = project / "dvc.lock"
             if lock.is_file():  # the stage hashes this run ended with: `dvc repro` reproduces them
-                tracking_client(cfg)[0].log_artifact(parent, str(lock), "lineage/after")
-            end_pipeline_run(parent, status, cfg)
+                tracker.client.log_artifact(parent, str(lock), "lineage/after")
+            end_pipeline_run(parent, status, tracker=tracker)
         pending = [stage for stage in selected if stage not in outcomes]
         if pending and status == "FAILED":
             outcomes[pending.pop(0)] = "failed"

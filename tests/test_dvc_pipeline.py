@@ -164,7 +164,7 @@ def test_dvc_repro_runs_every_stage_on_the_tiny_preset(tmp_path):
     other = make_project_copy(tmp_path / "other", tiny)
     other.dvc("repro", timeout=1200)
     first_outs, other_outs = lock_outs(project), lock_outs(other)
-    assert list(first_outs) == list(STAGE_NAMES)
+    assert list(first_outs) == list(STAGE_NAMES) and all(first_outs.values())
     differing = {stage: sorted(path for path in outs if other_outs[stage].get(path) != outs[path])
                  for stage, outs in first_outs.items()}
     assert not any(differing.values()), differing

@@ -116,3 +116,17 @@ def test_the_contract_test_catches_a_stage_missing_from_one_list():
     """A stage added to STAGES only (or to dvc.yaml only) breaks the first test's equality."""
     assert list(DVC)[:-1] != list(STAGE_NAMES)
     assert [*DVC, "new-stage"] != list(STAGE_NAMES)
+
+
+@pytest.mark.parametrize("package", ["components/tracking", "components/evaluation",
+                                     "components/stage_api.py"])
+def test_lower_layers_import_nothing_from_the_stages(package):
+    """tracking, evaluation and the stage contract sit below the stages (and the CLI)."""
+    root = ROOT / package
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    above = ("components.stages",) + (("components.tracking", "components.evaluation")
+                                      if package.endswith("stage_api.py") else ())
+    offending = {str(path.relative_to(ROOT)): sorted(name for name in imported_modules(path)
+                                                     if name.startswith(above))
+                 for path in files}
+    assert not any(offending.values()), offending

@@ -77,12 +77,6 @@ class Tracker:
         return cls(client, uri, uri, _experiment_id(client, cfg.tracking.experiment))
 
 
-def tracking_client(cfg: PipelineConfig) -> tuple[MlflowClient, str]:
-    """``(client, experiment id)`` of :meth:`Tracker.from_config` (sets no global state)."""
-    tracker = Tracker.from_config(cfg)
-    return tracker.client, tracker.experiment_id
-
-
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -291,4 +285,4 @@ def _pid_alive(pid: int) -> bool:
 
 
 __all__ = ["Tracker", "end_pipeline_run", "log_result", "mark_failed", "resolve_tracking_uri",
-           "start_pipeline_run", "sweep_stale_runs", "tracked_stage", "tracking_client"]
+           "start_pipeline_run", "sweep_stale_runs", "tracked_stage"]
