@@ -112,6 +112,13 @@ def test_deps_cover_every_module_the_stage_imports(stage):
     assert not missing, f"dvc.yaml stage {stage.name}: add to deps {missing}"
 
 
+def test_every_stage_depends_on_the_config_schema_and_the_contract():
+    """Schema defaults fill keys params.yaml leaves out: changing one must rerun the stages."""
+    for name, stage in DVC.items():
+        assert {"components/config.py", "components/stage_api.py",
+                "components/stages/runner.py"} <= set(stage["deps"]), name
+
+
 def test_the_contract_test_catches_a_stage_missing_from_one_list():
     """A stage added to STAGES only (or to dvc.yaml only) breaks the first test's equality."""
     assert list(DVC)[:-1] != list(STAGE_NAMES)

@@ -32,6 +32,7 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
     train, test = dataset.split("train"), dataset.split("test")
     subsets = {subset_tag(f): load_subset(paths.subsets, f, dataset) for f in cfg.subsets.fractions}
+    files = {subset_tag(f): paths.subset_file(f) for f in cfg.subsets.fractions}
     classes = dataset.classes
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
@@ -45,7 +46,7 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         metrics.update(classification_metrics(result.test_scores, test.labels, f"finetune_{tag}"))
         metrics[f"images_finetune_{tag}"] = float(result.train_images)
         timings[f"seconds_finetune_{tag}"] = result.seconds
-        record[tag] = {"subset_file": str(paths.subsets / f"{tag}.txt"),
+        record[tag] = {"subset_file": str(files[tag]),
                        "train_images": result.train_images, "indices_sha256": indices_sha256(indices),
                        "history": result.history}
         predictions = result.test_scores.argmax(axis=1)
