@@ -13,7 +13,6 @@ import logging
 from components.config import PipelineConfig
 from components.data.sources import ingest_sources
 from components.data.store import MANIFEST
-from components.errors import ConfigError
 from components.io import write_json
 from components.stage_api import StageContext, StagePaths, StageResult
 
@@ -22,10 +21,6 @@ log = logging.getLogger(__name__)
 
 def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     paths = StagePaths.of(cfg)
-    names = [source.name for source in cfg.data.transfer]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ConfigError(f"data.transfer: duplicate source names {duplicates}")
     jobs = [(cfg.data.source, paths.dataset(cfg.data.source))]
     jobs += [(source, paths.transfer_dataset(source)) for source in cfg.data.transfer]
     datasets = ingest_sources(jobs, cfg.data.shard_size, cfg.data.split_seed)
