@@ -64,7 +64,7 @@ class TrainStep:
             device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             _, z = self.model(x)
-        z1, z2 = z.float().chunk(2)
+        z1, z2 = z.float().chunk(2)  # bf16 under autocast -> float32: NT-Xent is fp32 by design
         loss, acc = nt_xent_with_accuracy(z1, z2, self.temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite SimCLR loss {loss.item()} at step {step}")
