@@ -207,7 +207,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
         # DDP's per-forward broadcast of rank 0's buffers would only cost time.
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=not cfg.model.global_bn)
+            forward_sync_buffers=not cfg.model.global_bn)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
                            pre.channels_last)

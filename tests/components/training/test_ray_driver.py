@@ -137,8 +137,10 @@ def test_worker_killed_mid_run_resumes_from_checkpoint_to_the_same_result(
     _assert_same_state(outcome.model_state, ref.model_state, atol=1e-5)
 
 
-# Parameters of 1 worker x B and 2 workers x B/2 agree to this after 8 LARS steps (fp32; the
-# gap comes from summation order: gloo's all-reduces and the one-pass global BN variance).
+# Parameters of 1 worker x B and 2 workers x B/2 agree to this after 8 LARS steps (fp32). The
+# gap is summation order (gloo's all-reduces, the BN sums split in two): 1 ulp (1.2e-7) after
+# one step, about 2.5e-6 after 8 steps at base_lr 0.3 (measured); a much larger lr amplifies
+# it (1e-4 at base_lr 1.0, where the loss already oscillates).
 EQUIVALENCE_ATOL = 1e-4
 
 
@@ -160,7 +162,7 @@ def test_two_workers_with_global_bn_train_like_one_worker_with_the_whole_batch(
     identity_augment = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0,
                         "jitter_p": 0.0, "grayscale_p": 0.0, "blur": "off"}
     pretrain = {"epochs": 4, "max_images": 128, "knn_every": 0, "checkpoint_every": 4,
-                "optim": {"warmup_epochs": 0, "base_lr": 1.0}}
+                "optim": {"warmup_epochs": 0, "base_lr": 0.3}}
 
     def config(workers: int, global_bn: bool) -> PipelineConfig:
         return digits_config(digits_root, tmp_path / f"w{workers}-{global_bn}",
