@@ -68,6 +68,8 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
     from components.training.step import TrainStep
 
     torch.set_num_threads(variant.get("threads", 1))
+    if "global_bn" in variant:
+        cfg_json = {**cfg_json, "model": {**cfg_json["model"], "global_bn": variant["global_bn"]}}
     cfg = config_from_dict(cfg_json)
     pre = cfg.pretrain
     world = variant["world"]
@@ -109,10 +111,17 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
     cpu = time.process_time() - cpu_start
     result = {"step_s": float(np.mean(walls[2:])), "cpu_per_step_s": cpu / steps,
               "phases_s": {k: v / steps for k, v in step.phase_seconds.items()},
-              "bn_all_reduce_forward_s": bn_seconds[0] / steps}
-    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    if communicating:
+              "bn_all_reduce_s": bn_seconds[0] / steps}
+    if communicating:  # the floor of one BN all-reduce: 2 x 256 channels + count, idle peers
+        stats = torch.zeros(2 * 256 + 1)
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(100):
+            dist.all_reduce(stats)
+        result["all_reduce_513_floats_s"] = (time.perf_counter() - start) / 100
+        result["bn_layers"] = sum(isinstance(m, global_bn.GlobalBatchNorm) for m in model.modules())
         dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 
 def _free_port() -> int:
@@ -155,8 +164,11 @@ def main() -> None:
         phases = " ".join(f"{k} {1000 * v:.0f}" for k, v in r0["phases_s"].items())
         print(f"{name:40s} step {1000 * rows[name]['step_s']:6.0f} ms "
               f"({rows[name]['speedup_vs_1_process']:.2f}x)  rank 0 ms: {phases}, "
-              f"BN all-reduce fwd {1000 * r0['bn_all_reduce_forward_s']:.1f}, "
-              f"cpu/step {1000 * r0['cpu_per_step_s']:.0f}", flush=True)
+              f"BN all-reduces (fwd + bwd) {1000 * r0['bn_all_reduce_s']:.1f}, "
+              f"cpu/step {1000 * r0['cpu_per_step_s']:.0f}"
+              + (f", 1 all-reduce {1e6 * r0['all_reduce_513_floats_s']:.0f} us x "
+                 f"{r0['bn_layers']} BN layers" if "all_reduce_513_floats_s" in r0 else ""),
+              flush=True)
     result = {"benchmark": "scaling_breakdown", "steps": args.steps, "overrides": args.set,
               "model": cfg_json["model"], "batch_size": cfg.pretrain.batch_size,
               "variants": rows, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),

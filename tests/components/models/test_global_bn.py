@@ -28,14 +28,17 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 def _inputs(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    shape = (sum(SPLIT), 6, 4, 4) if kind == "2d" else (sum(SPLIT), 6)
+    shape = (sum(SPLIT), 6) if kind == "1d" else (sum(SPLIT), 6, 4, 4)
     x = torch.randn(shape, generator=gen) * 3 + 2  # off-centre: exercises the shifted sums
-    return x, torch.randn(shape, generator=gen)
+    r = torch.randn(shape, generator=gen)
+    if kind == "2d-channels-last":
+        x, r = (t.contiguous(memory_format=torch.channels_last) for t in (x, r))
+    return x, r
 
 
 def _layer(kind: str) -> nn.modules.batchnorm._BatchNorm:
     torch.manual_seed(1)
-    layer = nn.BatchNorm2d(6) if kind == "2d" else nn.BatchNorm1d(6)
+    layer = nn.BatchNorm1d(6) if kind == "1d" else nn.BatchNorm2d(6)
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.uniform_(-0.5, 0.5)
@@ -74,7 +77,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["2d", "1d"])
+@pytest.mark.parametrize("kind", ["2d", "2d-channels-last", "1d"])
 def test_two_processes_match_batchnorm_on_the_whole_batch(kind: str, tmp_path: Path) -> None:
     mp.spawn(_worker, args=(_free_port(), kind, str(tmp_path)), nprocs=len(SPLIT), join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(SPLIT))]
