@@ -15,6 +15,8 @@ Variants (an ablation: each removes or adds one cost):
   set by the cores themselves (contention, memory bandwidth, other jobs);
 - ``2 DDP, local BN``: + gathered NT-Xent and DDP's gradient all-reduce;
 - ``2 DDP, global BN`` (the default): + the BN statistics all-reduce of every layer;
+- ``... no BN all-reduce``: the global-BN code path with its all-reduces skipped (local
+  statistics): its compute cost apart from the synchronisation;
 - ``... + broadcast_buffers``: what DDP's per-forward buffer broadcast would add back;
 - ``... 2 threads each``: intra-op threads oversubscribing the cores.
 
@@ -48,6 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "2 independent": {"world": 2, "independent": True},
     "2 DDP, local BN": {"world": 2, "global_bn": False},
     "2 DDP, global BN": {"world": 2},
+    "2 DDP, global BN compute, no BN all-reduce": {"world": 2, "bn_all_reduce": False},
     "2 DDP, global BN + broadcast_buffers": {"world": 2, "broadcast_buffers": True},
     "2 DDP, global BN, 2 threads each": {"world": 2, "threads": 2},
 }
@@ -97,7 +100,8 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
         bn_seconds[0] += time.perf_counter() - start
         return result
 
-    global_bn._all_reduce_sum = timed_all_reduce
+    global_bn._all_reduce_sum = timed_all_reduce if variant.get("bn_all_reduce", True) \
+        else (lambda x: x)
     net.train()
     walls = []
     for i in range(steps + 2):

@@ -6,11 +6,10 @@ leak information through the local statistics. :class:`GlobalBatchNorm` normalis
 mean and biased variance of the WHOLE global batch, on any backend (gloo on CPU included,
 where ``torch.nn.SyncBatchNorm`` refuses CPU tensors):
 
-- forward: ONE all-reduce per layer of the per-channel shifted sums, sums of squares and
-  count (``K`` = the layer's running mean, a shift equal on every rank that keeps the
-  combination accurate); backward: ONE all-reduce of ``sum(dy)`` and ``sum(dy * xhat)``, so
+- forward: ONE all-reduce per layer of the per-channel sums, sums of squares and count;
+  backward: ONE all-reduce of ``sum(dy)`` and ``sum(dy * xhat)``, so
   input gradients are those of the global batch (same convention as the gathered NT-Xent:
-  DDP averages the parameter gradients). Heavy passes use native kernels (``var_mean``,
+  DDP averages the parameter gradients). Heavy passes use native kernels (contiguous sums,
   ``batch_norm``, ``native_batch_norm_backward``): three times fewer passes over the
   activations than composing the formula from elementwise autograd ops;
 - running_mean / running_var are updated exactly as ``nn.BatchNorm`` does in train mode with
@@ -43,9 +42,9 @@ def _world_size() -> int:
 class _GlobalBatchNormFunction(torch.autograd.Function):
     """Train-mode BatchNorm over all ranks' samples, with native CPU kernels for the heavy passes.
 
-    Forward: per-rank mean and biased variance in one pass (``torch.var_mean``), ONE all-reduce
-    of ``[n (mean - K), n var + n (mean - K)^2, n]`` (``K``: a per-channel shift equal on every
-    rank), then the normalisation by the global statistics (``F.batch_norm`` in eval form).
+    Forward: per-rank sums of x and x^2 (:func:`_channel_sums`), ONE all-reduce of them and the
+    count, combined in float64, then the normalisation by the global statistics
+    (``F.batch_norm`` in eval form, one native pass).
     Backward: the local ``sum(dy)`` and ``sum(dy * xhat)`` (one native BN-backward pass), ONE
     all-reduce of both, then ``dx`` with the global means. The weight and bias gradients stay
     local sums: DistributedDataParallel averages them like every other parameter gradient.
@@ -53,19 +52,18 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None,  # noqa: ANN001
-                shift: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        dims = [0, *range(2, x.dim())]
+                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         xf = x.float()
         channels = x.shape[1]
-        var_local, mean_local = torch.var_mean(xf, dim=dims, correction=0)
         n = float(x.numel() // channels)
-        offset = mean_local - shift
-        stats = _all_reduce_sum(torch.cat([n * offset, n * (var_local + offset.square()),
+        stats = _all_reduce_sum(torch.cat([*_channel_sums(xf),
                                            torch.full((1,), n, device=x.device)]))
-        total = stats[-1]
-        mean_offset = stats[:channels] / total
-        var = (stats[channels:2 * channels] / total - mean_offset.square()).clamp_min(0.0)
-        mean = mean_offset + shift
+        # E[x^2] - E[x]^2 in float64: the fp32 sums carry ~1e-7 relative error, the
+        # subtraction would otherwise amplify it by E[x^2] / var
+        total = stats[-1:].double()
+        mean = stats[:channels].double() / total
+        var = (stats[channels:2 * channels].double() / total - mean.square()).clamp_min(0.0)
+        mean, var, total = mean.float(), var.float(), total[0].float()
         y = F.batch_norm(xf, mean, var, weight, bias, training=False, eps=eps)
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(xf, weight, mean, invstd, total)
@@ -93,7 +91,20 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         dx.add_((slope.flatten() * mean - scale * mean_dy).view(shape))
         dw = dw_local.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_local.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        return dx.to(ctx.input_dtype), dw, db, None, None
+        return dx.to(ctx.input_dtype), dw, db, None
+
+
+def _channel_sums(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel sum and sum of squares of ``x: (N, C, *)``, each (C,).
+
+    Reduces the contiguous inner dims first (NCHW): several times faster on CPU than one
+    reduction over (0, 2, 3) or ``torch.var_mean``, which take a generic strided path.
+    """
+    if x.dim() > 2 and x.is_contiguous():
+        flat = x.flatten(2)
+        return flat.sum(2).sum(0), torch.linalg.vector_norm(flat, dim=2).square().sum(0)
+    dims = [0, *range(2, x.dim())]
+    return x.sum(dims), (x * x).sum(dims)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -117,10 +128,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        shift = (self.running_mean.detach().float() if self.running_mean is not None
-                 else torch.zeros(x.shape[1], device=x.device))
-        y, mean, var, total = _GlobalBatchNormFunction.apply(x, self.weight, self.bias, shift,
-                                                             self.eps)
+        y, mean, var, total = _GlobalBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, float(total))
         return y
