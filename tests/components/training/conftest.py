@@ -1,6 +1,7 @@
-"""Shared fixtures for the Ray Train tests: ONE Ray instance per session and a tiny real data set.
+"""Shared fixtures for the training tests: ONE Ray instance per session and tiny real data sets.
 
-The data set is a slice of the real Fashion-MNIST IDX files (512 train / 256 test images)
+``fmnist_root``: a slice of the real Fashion-MNIST IDX files (512 train / 256 test images);
+``digits_root``: sklearn's 8x8 digits (80/20 stratified), for runs that must take seconds. Both are
 written with the canonical store's ``DatasetWriter``, as the ingest stage would.
 """
 
