@@ -2,9 +2,10 @@
 
 Each variant (a list of ``key=value`` overrides of ``params.yaml``) pretrains for
 ``--epochs`` epochs on Fashion-MNIST in ONE process with ONE torch thread (the per-worker
-setting of the pipeline), using the pipeline's own pieces (``SimCLRAugment``, ``TrainStep``,
-LARS, warm-up + cosine), then fits the linear-evaluation protocol of
-``components.evaluation.linear`` on all 60k training images and scores the 10k test images.
+setting of the pipeline), through the pipeline's own training loop
+(``components.training.local_runner``: the loop a Ray worker runs, with world 1), then fits
+the linear-evaluation protocol of ``components.evaluation.linear`` on all 60k training images
+and scores the 10k test images.
 The first variant is the baseline: every later one prints its linear top-1 minus and divided
 by the baseline's, all measured in the same run. Variants run ``--parallel`` at a time (one
 per core: two on this machine, as the two Ray workers would).
@@ -38,57 +39,42 @@ from components.config import PipelineConfig, deep_merge, load_config  # noqa: E
 RESULTS = ROOT / "bench" / "results" / "sweep_pretrain.jsonl"
 
 
-def pretrain_and_probe(cfg: PipelineConfig, dataset_root: Path, seed: int = 0) -> dict:
-    """Train ``cfg.pretrain.epochs`` epochs in this process; linear top-1 / kNN of the encoder."""
-    from components.augment import SimCLRAugment, to_float_tensor
+def pretrain_and_probe(cfg: PipelineConfig, dataset_root: Path) -> dict:
+    """Train ``cfg.pretrain.epochs`` epochs in this process; linear top-1 / kNN of the encoder.
+
+    The pipeline's own loop (``components.training.loop`` via the single-process runner): the
+    same model, data order, augmentation streams, step, schedule and seed (``cfg.seed``) as a
+    Ray worker; no kNN monitor, no checkpoints.
+    """
     from components.data.store import CanonicalDataset
     from components.evaluation.features import encode
     from components.evaluation.knn import knn_top1
     from components.evaluation.linear import fit_linear_probe
     from components.models.simclr import build_simclr_model
-    from components.optim import WarmupCosine, build_optimizer, peak_lr
-    from components.training.ray_driver import (
-        epoch_permutation,
-        local_batch_indices,
-        step_generator,
-    )
-    from components.training.step import TrainStep
+    from components.training.local_runner import run_local_pretraining
 
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
     dataset = CanonicalDataset(dataset_root)
     train, test = dataset.split("train"), dataset.split("test")
     height, _, channels = dataset.image_shape
-    pre = cfg.pretrain
+    outcome = run_local_pretraining(cfg, dataset_root, log_every=10**9)
+    for row in outcome.history:
+        print(f"  epoch {row['epoch']}/{cfg.pretrain.epochs}: loss {row['loss']:.3f} "
+              f"acc {row['contrastive_acc']:.3f} ({row['epoch_time_s']:.0f} s)", flush=True)
+    train_seconds = sum(row["epoch_time_s"] for row in outcome.history)
     model = build_simclr_model(cfg.model, in_channels=channels, image_size=height)
-    steps_per_epoch = len(train) // pre.batch_size
-    optimizer = build_optimizer(model, pre.optim, pre.batch_size)
-    schedule = WarmupCosine.from_epochs(peak_lr(pre.optim, pre.batch_size),
-                                        pre.optim.warmup_epochs, pre.epochs, steps_per_epoch)
-    augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
-    train_step = TrainStep(model, optimizer, schedule, augment, pre.temperature)
-    started, step, out = time.perf_counter(), 0, {}
-    for epoch in range(pre.epochs):  # the pipeline's data order and augmentation streams, one rank
-        model.train()
-        order = epoch_permutation(seed, epoch, len(train))
-        for i in range(steps_per_epoch):
-            batch = local_batch_indices(order, i, pre.batch_size, rank=0, world=1)
-            out = train_step(to_float_tensor(train.images(batch)), step,
-                             step_generator(seed, step, rank=0))
-            step += 1
-        print(f"  epoch {epoch + 1}/{pre.epochs}: loss {out['loss']:.3f} "
-              f"acc {out['contrastive_acc']:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
-    train_seconds = time.perf_counter() - started
+    model.load_state_dict(outcome.model_state)
 
     train_h, test_h = (encode(model.encoder, split, None, channels, height) for split in (train, test))
     lin = cfg.evaluate.linear
     probe = fit_linear_probe(train_h, train.labels, len(dataset.classes), lin.l2_grid,
-                             lin.val_fraction, lin.epochs, seed)
+                             lin.val_fraction, lin.epochs, cfg.seed)
     linear = float((probe.scores(test_h).argmax(1) == test.labels).mean())
     knn = knn_top1(train_h, train.labels, test_h, test.labels, k=cfg.evaluate.knn.k,
                    temperature=cfg.evaluate.knn.temperature, num_classes=len(dataset.classes))
+    images = outcome.history[-1]["step"] * cfg.pretrain.batch_size
     return {"feature_dim": int(train_h.shape[1]), "train_seconds": train_seconds,
-            "images_per_s": steps_per_epoch * pre.batch_size * pre.epochs / train_seconds,
+            "images_per_s": images / train_seconds,
             "linear_top1": linear, "knn_top1": float(knn), "l2": probe.l2}
 
 
@@ -119,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.one is not None:
-        overrides = shlex.split(args.one) + [f"pretrain.epochs={args.epochs}"]
+        overrides = shlex.split(args.one) + [f"pretrain.epochs={args.epochs}",
+                                             "pretrain.knn_every=0"]
         cfg = load_config(ROOT / "params.yaml", overrides=overrides)
         print(json.dumps(pretrain_and_probe(cfg, args.dataset)), flush=True)
         return 0

@@ -108,6 +108,8 @@ class ModelConfig(_Section):
     head_layers: Literal[2, 3] = 2
     head_hidden_dim: int | None = None  # None: the representation size
     projection_dim: int = Field(128, gt=0)
+    # BatchNorm over the global batch when training on more than one worker (paper 2.2)
+    global_bn: bool = True
 
 
 class OptimConfig(_Section):
@@ -263,10 +265,19 @@ class PipelineConfig(_Section):
         """The config as ``{"pretrain.optim.base_lr": 0.3, ...}`` (for MLflow params)."""
         return flatten(self.model_dump(mode="json"))
 
-    def digest(self, *sections: str) -> str:
-        """A short stable hash of the named sections (all when none are named)."""
+    def digest(self, *sections: str, exclude: tuple[str, ...] = ()) -> str:
+        """A short stable hash of the named sections (all when none are named).
+
+        ``exclude``: dotted keys left out (``"pretrain.knn_every"``).
+        """
         dumped = self.model_dump(mode="json")
         chosen = {name: dumped[name] for name in sections} if sections else dumped
+        for key in exclude:
+            *parents, leaf = key.split(".")
+            node = chosen
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(leaf, None)
         blob = json.dumps(chosen, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -7,6 +7,7 @@ the learning rate of the global step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 from components.losses import nt_xent_with_accuracy
 
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
+# What TrainStep.phase_seconds accumulates (forward includes the BN all-reduces under global BN,
+# loss the NT-Xent gather, backward DDP's gradient all-reduce).
+PHASES = ("views", "forward", "loss", "backward", "optimizer")
 
 
 class TrainStep:
@@ -44,6 +48,8 @@ class TrainStep:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.augment, self.temperature = augment, float(temperature)
         self.precision, self.channels_last = precision, channels_last
+        # Set to {} to accumulate seconds per phase (views, forward, loss, backward, optimizer).
+        self.phase_seconds: dict[str, float] | None = None
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, C, H, W) -> (2B, C, S, S): all first views, then all second views."""
@@ -59,16 +65,25 @@ class TrainStep:
         lr = float(self.schedule(step))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        marks = [time.perf_counter()]
         x = self.views(images, generator)
+        marks.append(time.perf_counter())
         with torch.autocast(
             device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         ):
             _, z = self.model(x)
-        z1, z2 = z.float().chunk(2)
+        marks.append(time.perf_counter())
+        z1, z2 = z.float().chunk(2)  # bf16 under autocast -> float32: NT-Xent is fp32 by design
         loss, acc = nt_xent_with_accuracy(z1, z2, self.temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite SimCLR loss {loss.item()} at step {step}")
+        marks.append(time.perf_counter())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        marks.append(time.perf_counter())
         self.optimizer.step()
+        marks.append(time.perf_counter())
+        if self.phase_seconds is not None:
+            for name, start, end in zip(PHASES, marks, marks[1:], strict=False):
+                self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + end - start
         return {"loss": loss.item(), "lr": lr, "contrastive_acc": acc.item()}

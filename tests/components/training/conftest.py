@@ -1,6 +1,7 @@
-"""Shared fixtures for the Ray Train tests: ONE Ray instance per session and a tiny real data set.
+"""Shared fixtures for the training tests: ONE Ray instance per session and tiny real data sets.
 
-The data set is a slice of the real Fashion-MNIST IDX files (512 train / 256 test images)
+``fmnist_root``: a slice of the real Fashion-MNIST IDX files (512 train / 256 test images);
+``digits_root``: sklearn's 8x8 digits (80/20 stratified), for runs that must take seconds. Both are
 written with the canonical store's ``DatasetWriter``, as the ingest stage would.
 """
 
@@ -80,4 +81,31 @@ def tiny_config(data_root: Path, tmp_path: Path, **sections: dict[str, Any]) -> 
     }
     for name, extra in sections.items():
         raw = deep_merge(raw, {name: extra})
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``paths.data`` folder holding ``datasets/digits``: sklearn's 8x8 digits, stratified
+    80/20 split (the ingest stage's splitter), for runs that must take seconds."""
+    from components.data.digits import digits_arrays
+    from components.data.split import stratified_split
+
+    images, labels = digits_arrays()
+    is_test = stratified_split(labels, 0.2, seed=0)
+    data = tmp_path_factory.mktemp("digits-data")
+    with DatasetWriter(data / "datasets" / "digits", "digits", [str(i) for i in range(10)],
+                       shard_size=1000) as writer:
+        writer.add("train", images[~is_test], labels[~is_test])
+        writer.add("test", images[is_test], labels[is_test])
+        writer.commit(source={"kind": "digits"})
+    return data
+
+
+def digits_config(data_root: Path, tmp_path: Path, **sections: dict[str, Any]) -> PipelineConfig:
+    """:func:`tiny_config` on the digits store (8x8 px: the CIFAR stem, milliseconds a step)."""
+    cfg = tiny_config(data_root, tmp_path, **sections)
+    raw = deep_merge(cfg.model_dump(mode="json"),
+                     {"data": {"source": {"kind": "digits", "path": None, "name": "digits",
+                                          "classes": None}}})
     return config_from_dict(raw)

@@ -91,3 +91,24 @@ def test_non_finite_loss_stops_before_the_update() -> None:
         step(_images(), 5)
     for a, b in zip(before, model.encoder.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_bf16_autocast_gives_the_loss_float32_projections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head's z comes out of autocast in bf16; NT-Xent must receive float32 (design: the
+    logits reach 1/tau and the softmax needs the range). The real loss runs; we only look."""
+    import components.training.step as step_module
+
+    model, _, _, step = _setup("bf16")
+    head_dtypes, loss_dtypes = [], []
+    model.head.register_forward_hook(lambda mod, args, out: head_dtypes.append(out.dtype))
+    real_loss = step_module.nt_xent_with_accuracy
+
+    def observed(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
+        loss_dtypes.append((z1.dtype, z2.dtype))
+        return real_loss(z1, z2, temperature)
+
+    monkeypatch.setattr(step_module, "nt_xent_with_accuracy", observed)
+    out = step(_images(), 0, torch.Generator().manual_seed(0))
+    assert head_dtypes == [torch.bfloat16]  # autocast was really on
+    assert loss_dtypes == [(torch.float32, torch.float32)]
+    assert torch.isfinite(torch.tensor(out["loss"]))

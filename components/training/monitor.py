@@ -1,0 +1,48 @@
+"""kNN monitor of a pretraining run: top-1 of a weighted cosine kNN on the representation h.
+
+Bank: a seeded, class-stratified sample of ``knn_images`` training images; queries: a seeded,
+class-stratified sample of as many images of the held-out split (``val`` when the data set has
+one, else ``test``). Stratified, because image-folder stores are sorted by class: the first
+rows of such a store hold one or two classes and would report near 100%.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from components.config import PipelineConfig
+from components.data.store import CanonicalDataset
+from components.training.sampling import stratified_sample
+
+
+def monitor_split(dataset: CanonicalDataset) -> str:
+    """The held-out split the monitor queries: ``val`` if present, else ``test``."""
+    return "val" if "val" in dataset.split_names else "test"
+
+
+def knn_samples(dataset: CanonicalDataset, cfg: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(bank indices into ``train``, query indices into :func:`monitor_split`), both sorted."""
+    count, seed = cfg.pretrain.knn_images, cfg.seed
+    train, held_out = dataset.split("train"), dataset.split(monitor_split(dataset))
+    return (stratified_sample(train.labels, count, seed),
+            stratified_sample(held_out.labels, count, seed + 1))
+
+
+def knn_monitor(encoder: nn.Module, dataset: CanonicalDataset, cfg: PipelineConfig) -> float:
+    """kNN top-1 (k = ``cfg.pretrain.knn_k``) of ``encoder`` on the samples of :func:`knn_samples`.
+
+    Runs the encoder in eval mode on its own device (``components.evaluation.features.encode``)
+    and restores its mode.
+    """
+    from components.evaluation.features import encode
+    from components.evaluation.knn import knn_top1
+
+    height, _, channels = dataset.image_shape
+    bank, queries = knn_samples(dataset, cfg)
+    train, held_out = dataset.split("train"), dataset.split(monitor_split(dataset))
+    bank_h = encode(encoder, train, bank, channels, height, cfg.evaluate.batch_size)
+    query_h = encode(encoder, held_out, queries, channels, height, cfg.evaluate.batch_size)
+    return knn_top1(bank_h, train.labels[bank], query_h, held_out.labels[queries],
+                    k=cfg.pretrain.knn_k, temperature=cfg.evaluate.knn.temperature,
+                    num_classes=len(dataset.classes))

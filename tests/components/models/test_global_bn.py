@@ -1,0 +1,122 @@
+"""Global BatchNorm with two REAL processes (gloo on loopback) against nn.BatchNorm on the whole batch.
+
+Rank 0 holds the first 5 samples, rank 1 the other 3 (unequal shares: the counts are
+all-reduced too). Each rank back-propagates ITS share of ``loss = sum(y * r)`` (``r`` fixed
+random weights), as data-parallel training does. Compared with one process running
+``nn.BatchNorm`` in train mode on all 8 samples: the outputs, the input gradients, the weight
+and bias gradients summed over ranks (what DDP's all-reduce forms) and the running statistics.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from components.config import ModelConfig
+from components.models.global_bn import GlobalBatchNorm, convert_batchnorm
+from components.models.simclr import build_simclr_model
+
+SPLIT = (5, 3)
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _inputs(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (sum(SPLIT), 6) if kind == "1d" else (sum(SPLIT), 6, 4, 4)
+    x = torch.randn(shape, generator=gen) * 3 + 2  # off-centre: exercises the shifted sums
+    r = torch.randn(shape, generator=gen)
+    if kind == "2d-channels-last":
+        x, r = (t.contiguous(memory_format=torch.channels_last) for t in (x, r))
+    return x, r
+
+
+def _layer(kind: str) -> nn.modules.batchnorm._BatchNorm:
+    torch.manual_seed(1)
+    layer = nn.BatchNorm1d(6) if kind == "1d" else nn.BatchNorm2d(6)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    return layer
+
+
+def _worker(rank: int, port: int, kind: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=len(SPLIT))
+    try:
+        x, r = _inputs(kind)
+        start = sum(SPLIT[:rank])
+        rows = slice(start, start + SPLIT[rank])
+        layer = convert_batchnorm(_layer(kind)).train()
+        assert isinstance(layer, GlobalBatchNorm)
+        xs = x[rows].clone().requires_grad_()
+        out = None
+        for _ in range(2):  # two steps: the second uses a non-zero running-mean shift
+            xs.grad = None
+            layer.zero_grad()
+            out = layer(xs)
+            (out * r[rows]).sum().backward()
+        torch.save({"y": out.detach(), "dx": xs.grad, "dw": layer.weight.grad,
+                    "db": layer.bias.grad, "running_mean": layer.running_mean,
+                    "running_var": layer.running_var,
+                    "eval": layer.eval()(x[rows]).detach()},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["2d", "2d-channels-last", "1d"])
+def test_two_processes_match_batchnorm_on_the_whole_batch(kind: str, tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(_free_port(), kind, str(tmp_path)), nprocs=len(SPLIT), join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(SPLIT))]
+
+    x, r = _inputs(kind)
+    layer = _layer(kind).train()
+    xs = x.clone().requires_grad_()
+    for _ in range(2):
+        xs.grad = None
+        layer.zero_grad()
+        y = layer(xs)
+        (y * r).sum().backward()
+
+    torch.testing.assert_close(torch.cat([p["y"] for p in ranks]), y.detach(), **TOL)
+    torch.testing.assert_close(torch.cat([p["dx"] for p in ranks]), xs.grad, **TOL)
+    torch.testing.assert_close(sum(p["dw"] for p in ranks), layer.weight.grad, **TOL)
+    torch.testing.assert_close(sum(p["db"] for p in ranks), layer.bias.grad, **TOL)
+    for p in ranks:  # every rank holds the global running statistics (unbiased variance)
+        torch.testing.assert_close(p["running_mean"], layer.running_mean, **TOL)
+        torch.testing.assert_close(p["running_var"], layer.running_var, **TOL)
+    layer.eval()  # eval mode: plain BN with the running statistics, no communication
+    torch.testing.assert_close(torch.cat([p["eval"] for p in ranks]), layer(x).detach(), **TOL)
+
+
+def test_without_a_process_group_it_is_plain_batchnorm() -> None:
+    x, _ = _inputs("2d")
+    plain, global_ = _layer("2d").train(), convert_batchnorm(_layer("2d")).train()
+    torch.testing.assert_close(global_(x), plain(x), atol=0, rtol=0)
+    torch.testing.assert_close(global_.running_var, plain.running_var, atol=0, rtol=0)
+
+
+def test_converter_replaces_every_batchnorm_and_keeps_the_tensors() -> None:
+    model = build_simclr_model(ModelConfig(arch="small", width=0.25), 1, 16)
+    before = model.state_dict()
+    params = {name: p for name, p in model.named_parameters()}
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    converted = convert_batchnorm(model)
+    bns = [m for m in converted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == n_bn and all(isinstance(m, GlobalBatchNorm) for m in bns)
+    assert any(isinstance(m, GlobalBatchNorm) for m in converted.head.modules())  # head too
+    assert converted.state_dict().keys() == before.keys()  # checkpoints load into plain BN
+    assert all(p is params[name] for name, p in converted.named_parameters())

@@ -1,0 +1,135 @@
+"""The engine-agnostic pretraining loop: data order, kNN sample, and the single-process runner.
+
+Runs on sklearn's digits (8x8 px) so a whole run takes about a second; the Ray runner of the
+same loop is tested in test_ray_driver.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.data.digits import digits_arrays
+from components.data.store import CanonicalDataset, DatasetWriter
+from components.training.local_runner import run_local_pretraining
+from components.training.loop import EpochEnd, Hook
+from components.training.monitor import knn_samples, monitor_split
+from components.training.sampling import (
+    epoch_permutation,
+    local_batch_indices,
+    step_generator,
+    stratified_sample,
+)
+from tests.components.training.conftest import digits_config
+from tests.components.training.hooks import RecordEpochs
+
+
+def _dataset(root: Path) -> Path:
+    return root / "datasets" / "digits"
+
+
+# ----------------------------------------------------------------------------- data order
+def test_global_batches_do_not_depend_on_the_number_of_workers() -> None:
+    perm = epoch_permutation(seed=3, epoch=5, n=100)
+    assert np.array_equal(perm, epoch_permutation(seed=3, epoch=5, n=100))
+    assert not np.array_equal(perm, epoch_permutation(seed=3, epoch=6, n=100))
+    for step in range(100 // 32):  # the partial last batch is dropped by the caller
+        whole = local_batch_indices(perm, step, 32, rank=0, world=1)
+        halves = [local_batch_indices(perm, step, 32, rank=r, world=2) for r in range(2)]
+        assert all(len(h) == 16 for h in halves)
+        assert np.array_equal(whole, np.concatenate(halves))
+
+
+def test_step_generator_is_a_function_of_seed_step_and_rank() -> None:
+    def draw(*key: int) -> torch.Tensor:
+        return torch.rand(4, generator=step_generator(*key))
+
+    assert torch.equal(draw(0, 7, 1), draw(0, 7, 1))
+    assert not torch.equal(draw(0, 7, 1), draw(0, 7, 0))
+    assert not torch.equal(draw(0, 7, 1), draw(0, 8, 1))
+
+
+# ----------------------------------------------------------------------------- kNN sample
+@pytest.fixture(scope="module")
+def class_sorted_store(tmp_path_factory: pytest.TempPathFactory) -> CanonicalDataset:
+    """Digits sorted by class in every split, as an image-folder ingest orders them."""
+    images, labels = digits_arrays()
+    order = np.argsort(labels, kind="stable")
+    images, labels = images[order], labels[order]
+    root = tmp_path_factory.mktemp("sorted") / "digits"
+    thirds = np.arange(len(labels)) % 3  # every class in every split, each split class-sorted
+    with DatasetWriter(root, "digits", [str(i) for i in range(10)], shard_size=500) as writer:
+        for split, part in (("train", 0), ("val", 1), ("test", 2)):
+            writer.add(split, images[thirds == part], labels[thirds == part])
+        return writer.commit(source={"kind": "digits", "order": "by class"})
+
+
+def test_knn_sample_covers_every_class_of_a_class_sorted_store(
+        class_sorted_store: CanonicalDataset, tmp_path: Path) -> None:
+    cfg = digits_config(tmp_path, tmp_path, pretrain={"knn_images": 100})
+    assert monitor_split(class_sorted_store) == "val"  # held out; never the test split
+    bank, queries = knn_samples(class_sorted_store, cfg)
+    train, val = class_sorted_store.split("train"), class_sorted_store.split("val")
+    for indices, split in ((bank, train), (queries, val)):
+        assert abs(len(indices) - 100) <= 10  # per-class rounding
+        counts = np.bincount(split.labels[indices], minlength=10)
+        assert counts.min() >= 8 and counts.max() <= 12, counts  # ~10 of each class
+    assert np.array_equal(bank, knn_samples(class_sorted_store, cfg)[0])  # seeded
+    assert not np.array_equal(bank[:100], np.arange(100))  # not the first rows
+    first_rows = np.unique(train.labels[:100])
+    assert len(first_rows) <= 2  # what the old "first knn_images rows" monitor saw
+
+
+def test_stratified_sample_takes_everything_when_asked_for_more() -> None:
+    labels = np.repeat(np.arange(3), 4)
+    assert np.array_equal(stratified_sample(labels, 50, seed=0), np.arange(12))
+    picked = stratified_sample(labels, 6, seed=0)
+    assert np.bincount(labels[picked]).tolist() == [2, 2, 2]
+
+
+# ----------------------------------------------------------------------------- local runner
+class FailAfter(Hook):
+    """Raises after epoch ``epoch`` (its checkpoint is written first): an interrupted run."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        if end.epochs_done == self.epoch:
+            raise KeyboardInterrupt(f"stopped after epoch {end.epochs_done}")
+
+
+def test_single_process_runner_trains_reports_and_calls_hooks(
+        digits_root: Path, tmp_path: Path) -> None:
+    cfg = digits_config(digits_root, tmp_path, pretrain={"epochs": 3, "checkpoint_every": 2,
+                                                         "knn_every": 2})
+    log = tmp_path / "hooks.log"
+    outcome = run_local_pretraining(cfg, _dataset(digits_root), hooks=[RecordEpochs(log)],
+                                    checkpoint_dir=tmp_path / "ckpt")
+    history = outcome.history
+    assert [row["step"] for row in history] == [8, 16, 24]  # 512 images / 64
+    assert ["knn_top1" in row for row in history] == [False, True, True]  # every 2 and the last
+    assert all(0.0 <= row["knn_top1"] <= 1.0 for row in history if "knn_top1" in row)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert log.read_text().splitlines() == ["built SimCLRModel", "0 1 0", "0 2 1", "0 3 1"]
+    run_dir = tmp_path / "ckpt" / outcome.run_name
+    assert sorted(p.name for p in run_dir.glob("epoch-*")) == ["epoch-00002", "epoch-00003"]
+    assert Path(outcome.checkpoint_path) == run_dir / "epoch-00003"
+    assert {k.split(".")[0] for k in outcome.model_state} == {"encoder", "head"}
+
+
+def test_single_process_runner_resumes_to_the_uninterrupted_result(
+        digits_root: Path, tmp_path: Path) -> None:
+    cfg = digits_config(digits_root, tmp_path, pretrain={"epochs": 3, "knn_every": 0})
+    whole = run_local_pretraining(cfg, _dataset(digits_root))
+    with pytest.raises(KeyboardInterrupt, match="after epoch 1"):
+        run_local_pretraining(cfg, _dataset(digits_root), hooks=[FailAfter(1)],
+                              checkpoint_dir=tmp_path / "ckpt")
+    resumed = run_local_pretraining(cfg, _dataset(digits_root), checkpoint_dir=tmp_path / "ckpt")
+    assert [row["resumed_from"] for row in resumed.history] == [0, 1, 1]
+    assert [row["loss"] for row in resumed.history] == [row["loss"] for row in whole.history]
+    for key, value in whole.model_state.items():
+        assert torch.equal(resumed.model_state[key], value), key
