@@ -34,9 +34,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.process_guard import signals_raise
+    from components.run_lock import run_lock
     from components.tracking.runs import tracked_stage
 
-    result = tracked_stage(cfg, args.command, stage_function(args.command))
+    with signals_raise(), run_lock(".", f"simclr {args.command}"):  # SIGTERM: run marked FAILED
+        result = tracked_stage(cfg, args.command, stage_function(args.command))
     if result.metrics:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0

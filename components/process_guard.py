@@ -1,0 +1,172 @@
+"""Stopping a run stops all of its work: signals become exceptions, and no process outlives the run.
+
+* :func:`signals_raise` turns SIGTERM (and SIGINT) into :class:`Terminated`, so ``finally`` blocks
+  run (MLflow runs are marked FAILED, Ray is shut down, child process groups are stopped)
+  instead of the process vanishing mid-write.
+* :func:`stop_process_group` stops a child started with ``start_new_session=True`` and
+  everything it started: SIGTERM, a grace period, then SIGKILL.
+* :func:`start_reaper` covers the case no handler can: the run's process is SIGKILLed. Every
+  process the run starts inherits ``$SIMCLR_RUN_MARKER``; a small watchdog process, started
+  first, waits for the run's process to end (a pipe it holds closes, however it ends) and then
+  stops every process that still carries the marker (the Prefect API server, ``dvc``, the stage,
+  the Ray instance), wherever it was reparented to.
+
+Linux only (``/proc``), like the rest of the pipeline's process handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+MARKER_ENV = "SIMCLR_RUN_MARKER"
+GRACE_S = 5.0
+
+
+class Terminated(SystemExit):
+    """The process received SIGTERM/SIGINT; exits with status ``128 + signal``."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+@contextlib.contextmanager
+def signals_raise(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Within the block, the given signals raise :class:`Terminated` in the main thread."""
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """SIGTERM the process group led by ``proc``, SIGKILL it after ``grace_s``; reap ``proc``."""
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()
+            time.sleep(0.1)
+        if not _group_alive(proc.pid):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(_pgid(pid) == pgid and not _zombie(pid) for pid in _pids())
+
+
+# ----------------------------------------------------------------------------- reaper
+def start_reaper(grace_s: float = GRACE_S) -> str:
+    """Start the watchdog for this process; set and return the marker its children inherit.
+
+    Call it before starting any child process (it sets ``$SIMCLR_RUN_MARKER`` in
+    ``os.environ``). The watchdog runs in its own session, so a Ctrl-C at the terminal reaches
+    this process (which handles it) but not the watchdog.
+    """
+    marker = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    read_end, write_end = os.pipe()  # the write end stays here, not inherited by children
+    env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
+    subprocess.Popen([sys.executable, "-m", "components.process_guard", marker, str(grace_s)],
+                     stdin=read_end, env=env, start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read_end)
+    _keep_open.append(write_end)
+    os.environ[MARKER_ENV] = marker
+    return marker
+
+
+_keep_open: list[int] = []  # the reaper's pipe: closed by the kernel when this process ends
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live processes whose environment carries ``MARKER_ENV=marker`` (not this one)."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found = []
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and not _zombie(pid):
+            found.append(pid)
+    return found
+
+
+def reap(marker: str, grace_s: float = GRACE_S) -> list[int]:
+    """SIGTERM every marked process, SIGKILL what is left after ``grace_s``; the pids signalled."""
+    signalled: set[int] = set()
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + grace_s
+        pids = marked_pids(marker)
+        while pids:  # processes may start others while being stopped: scan again
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+                signalled.add(pid)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+            pids = marked_pids(marker)
+        if not pids:
+            break
+    return sorted(signalled)
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str]:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+
+
+def _zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return not fields or fields[0] in ("Z", "X")
+
+
+def _pgid(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields else -1
+
+
+def _reaper_main(marker: str, grace_s: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        sys.stdin.buffer.read()  # EOF: the run's process has ended
+    reap(marker, grace_s)
+
+
+if __name__ == "__main__":
+    _reaper_main(sys.argv[1], float(sys.argv[2]))
