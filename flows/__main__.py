@@ -39,6 +39,8 @@ def prepare_environment(project: Path) -> None:
     """Settings for a self-contained local run; values already set in the environment win."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    if not os.environ.get("PREFECT_API_URL"):  # set but empty: Prefect's events client fails
+        os.environ.pop("PREFECT_API_URL", None)
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     venv_bin = str(Path(sys.executable).parent)  # `simclr` and `dvc` for the stages
     if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):

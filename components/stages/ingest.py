@@ -10,7 +10,7 @@ import logging
 
 from components.config import PipelineConfig
 from components.data.sources import ingest_sources
-from components.data.store import MANIFEST
+from components.data.store import MANIFEST, remove_others
 from components.errors import ConfigError
 from components.stages.common import StagePaths, StageResult
 
@@ -27,6 +27,8 @@ def run(cfg: PipelineConfig) -> StageResult:
     jobs += [(source, paths.transfer_dataset(source)) for source in cfg.data.transfer]
     datasets = ingest_sources(jobs, cfg.data.shard_size, cfg.data.split_seed)
     (paths.data / "transfer").mkdir(parents=True, exist_ok=True)  # a DVC out even with no transfer sets
+    for folder in (paths.data / "datasets", paths.data / "transfer"):  # persisted DVC outs
+        remove_others(folder, {target.name for _, target in jobs if target.parent == folder})
     result = StageResult()
     for dataset in datasets:
         prefix = f"data.{dataset.name}"
