@@ -3,8 +3,8 @@
 * :func:`signals_raise` turns SIGTERM (and SIGINT) into :class:`Terminated`, so ``finally`` blocks
   run (MLflow runs are marked FAILED, Ray is shut down, child process groups are stopped)
   instead of the process vanishing mid-write.
-* :func:`stop_process_group` stops a child started with ``start_new_session=True`` and
-  everything it started: SIGTERM, a grace period, then SIGKILL.
+* :func:`stop_process_tree` stops a child and everything it started (its process group and
+  its descendants): SIGTERM, a grace period, then SIGKILL.
 * :func:`start_reaper` covers the case no handler can: the run's process is SIGKILLed. Every
   process the run starts inherits ``$SIMCLR_RUN_MARKER``; a small watchdog process, started
   first, waits for the run's process to end (a pipe it holds closes, however it ends) and then
@@ -55,29 +55,52 @@ def signals_raise(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) ->
             signal.signal(signum, old)
 
 
-def stop_process_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """SIGTERM the process group led by ``proc``, SIGKILL it after ``grace_s``; reap ``proc``."""
-    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+def stop_process_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """Stop ``proc`` and every process it started (its process group and all descendants,
+    whichever group they moved to): SIGTERM, ``grace_s`` to exit, SIGKILL; reap ``proc``."""
+    tree = {proc.pid}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        tree |= set(descendants(proc.pid)) | set(_group_members(proc.pid))
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signum)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _group_alive(proc.pid):
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
             proc.poll()
+            tree |= set(descendants(proc.pid))
+            tree = {pid for pid in tree if _alive(pid)}
+            if not tree:
+                break
             time.sleep(0.1)
-        if not _group_alive(proc.pid):
+        if not tree:
             break
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return any(_pgid(pid) == pgid and not _zombie(pid) for pid in _pids())
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` in the parent tree."""
+    children: dict[int, list[int]] = {}
+    for child in _pids():
+        fields = _stat_fields(child)
+        if fields:
+            children.setdefault(int(fields[1]), []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+def _group_members(pgid: int) -> list[int]:
+    return [pid for pid in _pids() if _pgid(pid) == pgid]
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
 # ----------------------------------------------------------------------------- reaper

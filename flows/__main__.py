@@ -83,13 +83,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_flow(args: argparse.Namespace, project: Path) -> int:
+    from prefect.exceptions import TerminationSignal
+
+    from components.process_guard import Terminated
     from flows.pipeline import simclr_pipeline  # after the environment: Prefect reads it on import
 
     hide_bad_input_tracebacks()
-    state = simclr_pipeline(preset=args.preset, overrides=args.overrides,
-                            project_dir=str(project), stages=args.stages, return_state=True)
+    try:
+        state = simclr_pipeline(preset=args.preset, overrides=args.overrides,
+                                project_dir=str(project), stages=args.stages, return_state=True)
+    except TerminationSignal as stop:
+        raise Terminated(stop.signal) from stop
     if not state.is_completed():
         error = failure_of(state)
+        if isinstance(error, TerminationSignal):  # Prefect's handler, during the flow run
+            raise Terminated(error.signal) from error
         if isinstance(error, BaseException) and not isinstance(error, Exception):
             raise error  # Terminated: the signal's exit status
         bad_input = bad_input_line(error)

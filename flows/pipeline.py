@@ -46,7 +46,7 @@ from components.config import (
     preset_path,
 )
 from components.errors import ConfigError
-from components.process_guard import Terminated, stop_process_group
+from components.process_guard import stop_process_tree
 from components.run_lock import RunLock, run_lock
 
 FLOW_NAME = "simclr-pipeline"
@@ -140,7 +140,8 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
 
     Raises :class:`StageFailed` with the last lines of output when it exits non-zero. The command
     runs in its own process group: if this process is interrupted (SIGTERM/SIGINT raise
-    :class:`~components.process_guard.Terminated`), the group is stopped before re-raising.
+    :class:`~components.process_guard.Terminated`), it is stopped with every process it started
+    before re-raising.
     """
     logger = get_run_logger()
     lines: list[str] = []
@@ -157,7 +158,7 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
                     tail.append(line)
         returncode = proc.wait()
     except BaseException:
-        stop_process_group(proc)
+        stop_process_tree(proc)
         raise
     finally:
         if proc.stdout is not None:
@@ -333,8 +334,9 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
         for stage in selected:
             outcomes[stage] = stage_task(stage, retry_backoff_s)(stage, str(project), parent)
         status = "FINISHED"
-    except Terminated:
-        status = "KILLED"
+    except BaseException as err:
+        if not isinstance(err, Exception):  # a signal (ours or Prefect's), Ctrl-C, exit
+            status = "KILLED"
         raise
     finally:
         with contextlib.chdir(project):

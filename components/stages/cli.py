@@ -80,8 +80,9 @@ def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.Argumen
 def extra_commands() -> dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]:
     """Commands contributed by other modules (registry management, pipeline runs)."""
     from components.tracking.commands import COMMANDS as tracking_commands
+    from components.verify_remote import COMMANDS as remote_commands
 
-    return dict(tracking_commands)
+    return {**tracking_commands, **remote_commands}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
