@@ -143,21 +143,25 @@ def marked_pids(marker: str) -> list[int]:
 
 
 def reap(marker: str, grace_s: float = GRACE_S) -> list[int]:
-    """SIGTERM every marked process, SIGKILL what is left after ``grace_s``; the pids signalled."""
+    """SIGTERM every marked process and its descendants (Ray's agents drop the marker from
+    their environment), SIGKILL what is left after ``grace_s``; returns the pids signalled."""
     signalled: set[int] = set()
+    targets: set[int] = set()
     for signum in (signal.SIGTERM, signal.SIGKILL):
         deadline = time.monotonic() + grace_s
-        pids = marked_pids(marker)
-        while pids:  # processes may start others while being stopped: scan again
-            for pid in pids:
+        while True:  # processes may start others while being stopped: scan again
+            marked = marked_pids(marker)
+            targets = {pid for pid in targets if _alive(pid)} | set(marked)
+            targets |= {child for pid in marked for child in descendants(pid)}
+            targets.discard(os.getpid())
+            if not targets or time.monotonic() >= deadline:
+                break
+            for pid in targets:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signum)
                 signalled.add(pid)
-            if time.monotonic() >= deadline:
-                break
             time.sleep(0.2)
-            pids = marked_pids(marker)
-        if not pids:
+        if not targets:
             break
     return sorted(signalled)
 
