@@ -70,3 +70,29 @@ def test_corrupted_object_is_named_refused_by_pull_and_repaired(project, tmp_pat
     shutil.rmtree(project.root / "data")
     project.dvc("pull", *DATA_STAGES)
     assert files_under(project.root / "data") == before
+
+
+@pytest.mark.s3
+def test_corrupted_s3_object_is_found_and_repaired(project, s3_server):
+    import hashlib
+
+    bucket = "dvc-verify-test"
+    s3_server.make_bucket(bucket)
+    project.dvc("remote", "add", "--local", "-f", "-d", "team", f"s3://{bucket}/store")
+    project.dvc("remote", "modify", "--local", "team", "endpointurl", s3_server.endpoint_url)
+    try:
+        project.dvc("push", *DATA_STAGES)
+        original = (project.root / "data/subsets/manifest.json").read_bytes()
+        md5 = hashlib.md5(original).hexdigest()  # noqa: S324 - DVC's object name
+        key = f"store/files/md5/{md5[:2]}/{md5[2:]}"
+        client = s3_server.client()
+        client.put_object(Bucket=bucket, Key=key, Body=original.replace(b'"seed"', b'"SEED"'))
+
+        found = simclr(project, "verify-remote")
+        assert found.returncode == 2
+        assert f"{bucket}/{key} (data/subsets/manifest.json): corrupted" in found.stdout, found.stdout
+        repaired = simclr(project, "verify-remote", "--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == original
+    finally:
+        project.dvc("remote", "remove", "--local", "team")
