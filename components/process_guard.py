@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,10 +44,14 @@ class Terminated(SystemExit):
 
 @contextlib.contextmanager
 def signals_raise(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-    """Within the block, the given signals raise :class:`Terminated` in the main thread."""
+    """Within the block, the given signals raise :class:`Terminated` in the main thread
+    (outside the main thread, where Python cannot install handlers, this does nothing)."""
     def handler(signum: int, frame: object) -> None:
         raise Terminated(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {signum: signal.signal(signum, handler) for signum in signums}
     try:
         yield

@@ -10,6 +10,7 @@ A :class:`~components.errors.PipelineError` (bad config, bad data, registry refu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -22,6 +23,9 @@ from components.errors import PipelineError
 from components.stages.catalog import STAGES, stage_function
 
 EXIT_BAD_INPUT = 2
+# Stages that write nothing into the checkout, so no run lock: `register` only changes the
+# registry, whose alias updates have their own lock (concurrent registrations are supported).
+UNLOCKED_STAGES = frozenset({"register"})
 Command = Callable[[argparse.Namespace, PipelineConfig], int]
 
 
@@ -38,7 +42,10 @@ def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     from components.run_lock import run_lock
     from components.tracking.runs import tracked_stage
 
-    with signals_raise(), run_lock(".", f"simclr {args.command}"):  # SIGTERM: run marked FAILED
+    with contextlib.ExitStack() as guards:
+        guards.enter_context(signals_raise())  # SIGTERM: the stage's MLflow run ends FAILED
+        if args.command not in UNLOCKED_STAGES:
+            guards.enter_context(run_lock(".", f"simclr {args.command}"))
         result = tracked_stage(cfg, args.command, stage_function(args.command))
     if result.metrics:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
