@@ -61,37 +61,55 @@ def signals_raise(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) ->
 
 
 def stop_process_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """Stop ``proc`` and every process it started (its process group and all descendants,
-    whichever group they moved to): SIGTERM, ``grace_s`` to exit, SIGKILL; reap ``proc``."""
-    tree = {proc.pid}
+    """Stop ``proc`` and every process it started; reap ``proc``.
+
+    First SIGTERM only the chain of single children from ``proc`` down to the first process
+    with several (``dvc`` -> ``sh`` -> ``simclr <stage>``), so the stage can end its MLflow run
+    and shut its Ray instance down while Ray is still alive; then SIGTERM whatever is left of
+    the tree (its process group and all descendants, whichever group they moved to); SIGKILL
+    what survives ``grace_s`` after each step.
+    """
+    children = _children_map()
+    tree = {proc.pid, *descendants(proc.pid, children), *_group_members(proc.pid)}
+    lead = [proc.pid]
+    while len(children.get(lead[-1], [])) == 1:
+        lead.append(children[lead[-1]][0])
+    _signal_and_wait(proc, set(lead), signal.SIGTERM, grace_s)
     for signum in (signal.SIGTERM, signal.SIGKILL):
-        tree |= set(descendants(proc.pid)) | set(_group_members(proc.pid))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            proc.poll()
-            tree |= set(descendants(proc.pid))
-            tree = {pid for pid in tree if _alive(pid)}
-            if not tree:
-                break
-            time.sleep(0.1)
+        tree = {pid for pid in tree | set(descendants(proc.pid)) if _alive(pid)}
         if not tree:
             break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+        _signal_and_wait(proc, tree, signum, grace_s)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` in the parent tree."""
+def _signal_and_wait(proc: subprocess.Popen, pids: set[int], signum: int, wait_s: float) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so it does not linger as a zombie
+        if not any(_alive(pid) for pid in pids):
+            return
+        time.sleep(0.1)
+
+
+def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for child in _pids():
-        fields = _stat_fields(child)
-        if fields:
-            children.setdefault(int(fields[1]), []).append(child)
+    for pid in _pids():
+        fields = _stat_fields(pid)
+        if fields and not _zombie(pid):
+            children.setdefault(int(fields[1]), []).append(pid)
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every live process below ``pid`` in the parent tree."""
+    children = _children_map() if children is None else children
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()
