@@ -99,6 +99,7 @@ def test_sigterm_stops_the_stage_and_everything_it_started(project, tmp_path, fl
     stopped = time.monotonic()
     flow.wait(timeout=120)
     took = time.monotonic() - stopped
+    print(f"flow exited {took:.1f} s after SIGTERM")  # shown with -rP
     output = log.read_text()
     assert flow.returncode == 128 + signal.SIGTERM, output[-4000:]
     assert took < STOP_WITHIN_S, f"{took:.1f} s\n{output[-4000:]}"
