@@ -6,14 +6,23 @@
 No Prefect server is needed: without ``PREFECT_API_URL`` Prefect starts a temporary local API
 (its database under ``<project>/.prefect``). ``--preset``/``--set`` are written into
 ``params.yaml`` before any stage runs (as ``dvc exp run -S`` does).
+
+Exit status: 0 done; 2 bad input, or another run holds the checkout (one ``error:`` line);
+128 + N when stopped by signal N (SIGTERM, SIGINT); 1 anything else. The checkout's run lock is
+taken before Prefect starts, so two flows starting together never race on Prefect's database,
+and a watchdog stops every process the run started once it ends, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from components.errors import EXIT_BAD_INPUT
 
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -30,6 +39,8 @@ def prepare_environment(project: Path) -> None:
     """Settings for a self-contained local run; values already set in the environment win."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    if not os.environ.get("PREFECT_API_URL"):  # set but empty: Prefect's events client fails
+        os.environ.pop("PREFECT_API_URL", None)
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     venv_bin = str(Path(sys.executable).parent)  # `simclr` and `dvc` for the stages
     if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
@@ -44,21 +55,102 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                         help="run only these stages of dvc.yaml (default: all)")
     parser.add_argument("--project-dir", default=".", help="the project checkout (default: .)")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to SECONDS for another run of this checkout (default: refuse)")
     args = parser.parse_args(argv)
     project = Path(args.project_dir).resolve()
-    prepare_environment(project)
+    if not (project / "dvc.yaml").is_file():
+        print(f"error: {project / 'dvc.yaml'}: file not found (is --project-dir a checkout of the "
+              "project?)", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
+    from components.errors import PipelineError
+    from components.process_guard import Terminated, signals_raise, start_reaper
+    from components.run_lock import run_lock
+
+    command = " ".join(["python -m flows", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        with signals_raise(), run_lock(project, command, wait_s=args.wait):
+            start_reaper()  # before Prefect starts its API server: every child carries the marker
+            prepare_environment(project)
+            return run_flow(args, project)
+    except PipelineError as err:  # another run holds the checkout
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Terminated as stop:
+        print(f"error: pipeline {stop}; its stage processes were stopped", file=sys.stderr)
+        return int(stop.code)
+
+
+def run_flow(args: argparse.Namespace, project: Path) -> int:
+    from prefect.exceptions import TerminationSignal
+
+    from components.process_guard import Terminated
     from flows.pipeline import simclr_pipeline  # after the environment: Prefect reads it on import
 
-    state = simclr_pipeline(preset=args.preset, overrides=args.overrides,
-                            project_dir=str(project), stages=args.stages, return_state=True)
+    hide_bad_input_tracebacks()
+    try:
+        state = simclr_pipeline(preset=args.preset, overrides=args.overrides,
+                                project_dir=str(project), stages=args.stages, return_state=True)
+    except TerminationSignal as stop:
+        raise Terminated(stop.signal) from stop
     if not state.is_completed():
+        error = failure_of(state)
+        if isinstance(error, TerminationSignal):  # Prefect's handler, during the flow run
+            raise Terminated(error.signal) from error
+        if isinstance(error, BaseException) and not isinstance(error, Exception):
+            raise error  # Terminated: the signal's exit status
+        bad_input = bad_input_line(error)
+        if bad_input:
+            print(f"error: {bad_input}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(f"error: pipeline {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
     for stage, outcome in state.result().items():
         print(f"{stage:12s} {outcome}")
     print_results_table(project)
     return 0
+
+
+def failure_of(state: Any) -> BaseException | None:
+    try:
+        error = state.result(raise_on_failure=False)
+    except BaseException as err:  # noqa: BLE001 - a crashed state re-raises its cause
+        return err
+    return error if isinstance(error, BaseException) else None
+
+
+def is_bad_input(error: BaseException | None) -> bool:
+    from components.errors import PipelineError
+    from flows.pipeline import StageFailed
+
+    return isinstance(error, PipelineError) or (isinstance(error, StageFailed) and error.bad_input)
+
+
+def bad_input_line(error: BaseException | None) -> str | None:
+    """The one line naming the bad input when the run failed on it, else None."""
+    from flows.pipeline import StageFailed
+
+    if not is_bad_input(error):
+        return None
+    if isinstance(error, StageFailed):  # the stage's own `error: ...` line, from its output
+        lines = [line for line in str(error).splitlines() if line.startswith("error: ")]
+        return f"stage {error.stage}: {lines[-1][len('error: '):]}" if lines else str(error)
+    return str(error)
+
+
+class _NoBadInputTraceback(logging.Filter):
+    """Bad input is the user's to fix: its log records keep their message, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and is_bad_input(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def hide_bad_input_tracebacks() -> None:
+    for handler in {*logging.getLogger().handlers, *logging.getLogger("prefect").handlers}:
+        handler.addFilter(_NoBadInputTraceback())
 
 
 def print_results_table(project: Path) -> None:

@@ -24,6 +24,7 @@ DEPLOYMENT = "weekly-retrain"
 WORK_POOL = "simclr-process"
 WEEKLY_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 ENTRYPOINT = "flows/pipeline.py:simclr_pipeline"
+CONCURRENCY_LIMIT = 1  # one run of the checkout at a time; the flow's run lock enforces it too
 
 
 def flow_parameters(args: argparse.Namespace, project: Path) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def deploy(args: argparse.Namespace, project: Path) -> str:
         name=args.name, work_pool_name=args.pool, parameters=flow_parameters(args, project),
         build=False, push=False, print_next_steps=False, ignore_warnings=True,
         tags=["simclr"], description="Retrain, evaluate and register the SimCLR encoder",
-        **schedule_options(args))
+        concurrency_limit=CONCURRENCY_LIMIT, **schedule_options(args))
     print(f"deployment {simclr_pipeline.name}/{args.name} ({deployment_id}); start a worker: "
           f"prefect worker start --pool {args.pool}")
     return str(deployment_id)
@@ -80,7 +81,7 @@ def serve(args: argparse.Namespace, project: Path) -> None:
     from flows.pipeline import simclr_pipeline
 
     simclr_pipeline.serve(name=args.name, parameters=flow_parameters(args, project),
-                          tags=["simclr"], **schedule_options(args))
+                          tags=["simclr"], global_limit=CONCURRENCY_LIMIT, **schedule_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,12 @@ the stages, DVC's params dependencies and the recorded lineage all see the same 
 MLflow: one parent run per flow run (tagged with the Prefect flow-run id); every stage's run is
 its child through ``SIMCLR_PARENT_RUN_ID``. The results table (``outputs/report/results.md``) is
 published as the markdown artifact ``simclr-results`` with a link to the parent run.
+
+Safety (infra/README.md, "What each failure does"): the flow holds the checkout's run lock
+(:mod:`components.run_lock`) and its stages run under it; RUNNING MLflow runs of dead processes
+are swept first. A failed stage gets its previous outputs back from the DVC cache; a run that
+fails before any stage ran leaves ``params.yaml`` as it was. Each ``dvc`` command runs in its own
+process group, stopped with everything it started when the flow is interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -34,6 +41,8 @@ from prefect.tasks import exponential_backoff
 
 from components.config import PipelineConfig, apply_to_params_file
 from components.errors import EXIT_BAD_INPUT, ConfigError
+from components.process_guard import stop_process_tree
+from components.run_lock import RunLock, run_lock
 from components.stage_api import PARENT_RUN_ENV, STAGE_NAMES, StagePaths
 
 FLOW_NAME = "simclr-pipeline"
@@ -85,10 +94,11 @@ def apply_params(project: Path, preset: str | None, overrides: list[str]) -> Pip
 
 
 # ----------------------------------------------------------------------------- dvc
-def dvc_env(parent_run_id: str | None) -> dict[str, str]:
-    """The stage subprocess environment: venv first on PATH (``simclr``), MLflow parent, no analytics."""
+def dvc_env(parent_run_id: str | None, lock: RunLock) -> dict[str, str]:
+    """The stage subprocess environment: venv first on PATH (``simclr``), MLflow parent, the run
+    lock's token (the stage runs under the flow's lock), no analytics."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1"}
+           "DVC_NO_ANALYTICS": "1", **lock.child_env()}
     if parent_run_id:
         env[PARENT_RUN_ENV] = parent_run_id
     flow_run_id = flow_run.id
@@ -100,13 +110,17 @@ def dvc_env(parent_run_id: str | None) -> dict[str, str]:
 def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) -> list[str]:
     """Run ``args`` in ``project``, streaming its output to the Prefect logger; the output lines.
 
-    Raises :class:`StageFailed` with the last lines of output when it exits non-zero.
+    Raises :class:`StageFailed` with the last lines of output when it exits non-zero. The command
+    runs in its own process group: if this process is interrupted (SIGTERM/SIGINT raise
+    :class:`~components.process_guard.Terminated`), it is stopped with every process it started
+    before re-raising.
     """
     logger = get_run_logger()
     lines: list[str] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    proc = subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+    try:
         assert proc.stdout is not None
         for raw in proc.stdout:
             for line in raw.rstrip("\n").split("\r"):  # progress bars redraw with \r
@@ -115,6 +129,12 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
                     lines.append(line)
                     tail.append(line)
         returncode = proc.wait()
+    except BaseException:
+        stop_process_tree(proc)
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
     if returncode != 0:
         bad_input = any(f"exited with {EXIT_BAD_INPUT}" in line for line in tail)
         raise StageFailed(stage, returncode, list(tail), bad_input)
@@ -141,18 +161,48 @@ def retry_unless_bad_input(task_: Any, task_run: Any, state: Any) -> bool:
     return not (isinstance(error, StageFailed) and error.bad_input)
 
 
+def locked_outs_missing(stage: str, project: Path) -> bool:
+    """True when an output ``dvc.lock`` records for ``stage`` is missing from the checkout."""
+    lock = project / "dvc.lock"
+    if not lock.is_file():
+        return False
+    entry = ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).get(stage) or {}
+    return any(not (project / out["path"]).exists() for out in entry.get("outs") or [])
+
+
+def restore_outputs(stage: str, project: Path, env: dict[str, str]) -> None:
+    """After a failed stage: its previous outputs (as ``dvc.lock`` records them) from the cache.
+
+    DVC deletes a stage's outputs before running it; ``dvc checkout`` brings back the versions
+    the last successful run recorded. Never raises: the stage's own failure is what matters.
+    """
+    if not locked_outs_missing(stage, project):
+        return
+    logger = get_run_logger()
+    try:
+        run_logged(stage, [str(VENV_BIN / "dvc"), "checkout", stage], project, env)
+        logger.info("stage %s: previous outputs restored from the DVC cache", stage)
+    except StageFailed as err:
+        logger.warning("stage %s: could not restore its previous outputs: %s", stage, err)
+
+
 @task(task_run_name="{stage}", retry_condition_fn=retry_unless_bad_input)
 def run_stage(stage: str, project_dir: str, parent_run_id: str | None) -> str:
     """One stage: ``dvc repro --single-item <stage>`` when DVC says it is stale, else skip."""
     logger = get_run_logger()
     project = Path(project_dir)
-    env = dvc_env(parent_run_id)
-    changes = stage_is_stale(stage, project, env)
-    if not changes:
-        logger.info("stage %s: %s", stage, SKIPPED)
-        return SKIPPED
-    logger.info("stage %s is stale: %s", stage, changes)
-    run_logged(stage, [str(VENV_BIN / "dvc"), "repro", "--single-item", stage], project, env)
+    with run_lock(project, f"flow {FLOW_NAME}, stage {stage}") as lock:  # re-entrant: the flow's
+        env = dvc_env(parent_run_id, lock)
+        changes = stage_is_stale(stage, project, env)
+        if not changes:
+            logger.info("stage %s: %s", stage, SKIPPED)
+            return SKIPPED
+        logger.info("stage %s is stale: %s", stage, changes)
+        try:
+            run_logged(stage, [str(VENV_BIN / "dvc"), "repro", "--single-item", stage], project, env)
+        except StageFailed:
+            restore_outputs(stage, project, env)
+            raise
     return RAN
 
 
@@ -203,26 +253,61 @@ def simclr_pipeline(
         stages: run only these stages (in pipeline order); default: all of ``dvc.yaml``.
         retry_backoff_s: first retry delay of the retried stages (doubles each retry).
     """
-    from components.tracking.runs import Tracker, end_pipeline_run, start_pipeline_run
+    project = Path(project_dir or os.getcwd()).resolve()
+    with run_lock(project, f"flow {FLOW_NAME}"):
+        params = project / "params.yaml"
+        params_before = params.read_bytes() if params.is_file() else None
+        outcomes: dict[str, str] = {}
+        try:
+            return _run_pipeline(project, preset, overrides, stages, retry_backoff_s, outcomes)
+        except BaseException:
+            if params_before is not None and RAN not in outcomes.values():
+                restore_params(params, params_before)  # no stage ran on the new values
+            raise
+
+
+def restore_params(params: Path, content: bytes) -> None:
+    if params.read_bytes() != content:
+        tmp = params.with_suffix(".yaml.tmp")
+        tmp.write_bytes(content)
+        tmp.replace(params)
+        get_run_logger().info("%s restored: no stage ran with the new values", params)
+
+
+def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None,
+                  stages: list[str] | None, retry_backoff_s: float,
+                  outcomes: dict[str, str]) -> dict[str, str]:
+    from components.tracking.runs import (
+        Tracker,
+        end_pipeline_run,
+        start_pipeline_run,
+        sweep_stale_runs,
+    )
 
     logger = get_run_logger()
-    project = Path(project_dir or os.getcwd()).resolve()
     selected = select_stages(read_stage_order(project), stages)
     cfg = apply_params(project, preset, list(overrides or []))
     logger.info("project %s, stages %s", project, ", ".join(selected))
 
     with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
         tracker = Tracker.from_config(cfg, project)
+        swept = sweep_stale_runs(cfg, tracker=tracker)  # we hold the run lock: dead processes' runs
+        if swept:
+            logger.info("marked %d MLflow run(s) of dead processes FAILED: %s", len(swept),
+                        ", ".join(swept))
         tracking_uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
         parent = start_pipeline_run(cfg, f"pipeline-{flow_run.name or 'local'}", tracker)
         tracker.client.set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))
     logger.info("MLflow parent run %s (%s)", parent, tracking_uri)
-    outcomes: dict[str, str] = {}
     status = "FAILED"
     try:
         for stage in selected:
             outcomes[stage] = stage_task(stage, retry_backoff_s)(stage, str(project), parent)
         status = "FINISHED"
+    except BaseException as err:
+        if not isinstance(err, Exception):  # a signal (ours or Prefect's), Ctrl-C, exit
+            status = "KILLED"
+        raise
     finally:
         with contextlib.chdir(project):
             lock = project / "dvc.lock"
@@ -230,8 +315,8 @@ def simclr_pipeline(
                 tracker.client.log_artifact(parent, str(lock), "lineage/after")
             end_pipeline_run(parent, status, tracker=tracker)
         pending = [stage for stage in selected if stage not in outcomes]
-        if pending and status == "FAILED":
-            outcomes[pending.pop(0)] = "failed"
+        if pending and status != "FINISHED":
+            outcomes[pending.pop(0)] = "failed" if status == "FAILED" else "stopped"
         outcomes.update({stage: "not run" for stage in pending})
         link = mlflow_run_link(tracking_uri, experiment_id, parent)
         try:

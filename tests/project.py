@@ -1,7 +1,10 @@
 """A throw-away copy of this project in its own git + DVC repo, for end-to-end tests.
 
-The copy holds the files git would commit (tracked and untracked-not-ignored), so tests see the
-working tree as it is; ``run`` executes commands there with the project's venv first on PATH.
+The copy holds the project's source files as they are in the working tree (what git tracks,
+plus untracked files it does not ignore) and never run state (:data:`RUN_STATE`: ``dvc.lock``,
+which DVC's autostage puts into git's index, data, outputs, stores, caches), so tests pass the
+same before and after ``make pipeline`` in this checkout. ``run`` executes commands there with the
+project's venv first on PATH.
 """
 
 from __future__ import annotations
@@ -33,12 +36,24 @@ FAST_DATA_PARAMS: dict[str, Any] = {
 }
 
 
-def project_files() -> list[str]:
+# What a run leaves in a checkout (files, or folders with everything under them).
+RUN_STATE = ("dvc.lock", "data", "outputs", "mlflow.db", "mlruns", "mlartifacts", ".prefect",
+             "checkpoints", "dvc-remote", ".cache", ".stack", ".simclr-run.lock", ".dvc/cache",
+             ".dvc/tmp", ".dvc/config.local")
+
+
+def is_run_state(name: str) -> bool:
+    return any(name == state or name.startswith(f"{state}/") for state in RUN_STATE)
+
+
+def project_files(root: Path = ROOT) -> list[str]:
+    """The source files of the checkout at ``root`` (see the module docstring), sorted."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=root, check=True, capture_output=True, text=True,
     ).stdout
-    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+    return sorted(name for name in listed.split("\0")
+                  if name and not is_run_state(name) and (root / name).is_file())
 
 
 class ProjectCopy:
@@ -75,13 +90,14 @@ class ProjectCopy:
         return self.run("git", "rev-parse", "HEAD").stdout.strip()
 
 
-def make_project_copy(dest: Path, params: dict[str, Any] | None = None) -> ProjectCopy:
-    """Copy the project into ``dest`` (a new git repo, one commit), DVC remote inside ``dest``."""
+def make_project_copy(dest: Path, params: dict[str, Any] | None = None,
+                      source: Path = ROOT) -> ProjectCopy:
+    """Copy the project at ``source`` into ``dest`` (a new git repo, one commit)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in project_files():
+    for name in project_files(source):
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
+        shutil.copy2(source / name, target)
     project = ProjectCopy(dest)
     if params:
         project.update_params(params)

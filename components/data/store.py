@@ -233,3 +233,21 @@ def replace_dir(new: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_others(folder: Path, keep: set[str]) -> list[str]:
+    """Delete every entry of ``folder`` not named in ``keep`` (data sets of an earlier config,
+    leftovers of a killed write); returns the names removed.
+
+    A DVC output marked ``persist`` is not emptied before its stage runs, so the stage itself
+    removes what the current config no longer writes.
+    """
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name not in keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+    return removed

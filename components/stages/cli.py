@@ -10,6 +10,7 @@ A :class:`~components.errors.PipelineError` (bad config, bad data, registry refu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,6 +22,9 @@ from components.config import PipelineConfig, load_config
 from components.errors import EXIT_BAD_INPUT, PipelineError
 from components.stage_api import STAGES
 
+# Stages that write nothing into the checkout, so no run lock: `register` only changes the
+# registry, whose alias updates have their own lock (concurrent registrations are supported).
+UNLOCKED_STAGES = frozenset({"register"})
 Command = Callable[[argparse.Namespace, PipelineConfig], int]
 
 
@@ -33,9 +37,15 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from components.process_guard import signals_raise
+    from components.run_lock import run_lock
     from components.stages.runner import run_stage
 
-    result = run_stage(cfg, args.command)
+    with contextlib.ExitStack() as guards:
+        guards.enter_context(signals_raise())  # SIGTERM: the stage's MLflow run ends FAILED
+        if args.command not in UNLOCKED_STAGES:
+            guards.enter_context(run_lock(".", f"simclr {args.command}"))
+        result = run_stage(cfg, args.command)
     if result.metrics:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
@@ -70,8 +80,9 @@ def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.Argumen
 def extra_commands() -> dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]:
     """Commands contributed by other modules (registry management, pipeline runs)."""
     from components.tracking.commands import COMMANDS as tracking_commands
+    from components.verify_remote import COMMANDS as remote_commands
 
-    return dict(tracking_commands)
+    return {**tracking_commands, **remote_commands}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

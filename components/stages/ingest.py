@@ -12,7 +12,7 @@ import logging
 
 from components.config import PipelineConfig
 from components.data.sources import ingest_sources
-from components.data.store import MANIFEST
+from components.data.store import MANIFEST, remove_others
 from components.io import write_json
 from components.stage_api import StageContext, StagePaths, StageResult
 
@@ -25,6 +25,8 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     jobs += [(source, paths.transfer_dataset(source)) for source in cfg.data.transfer]
     datasets = ingest_sources(jobs, cfg.data.shard_size, cfg.data.split_seed)
     paths.transfer.mkdir(parents=True, exist_ok=True)  # a DVC out even with no transfer sets
+    for folder in (paths.datasets, paths.transfer):  # persisted DVC outs
+        remove_others(folder, {target.name for _, target in jobs if target.parent == folder})
     result = StageResult()
     for dataset in datasets:
         prefix = f"data.{dataset.name}"

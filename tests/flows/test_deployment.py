@@ -169,3 +169,32 @@ def test_serve_runs_a_scheduled_run(project, server, tmp_path):
     finally:
         stop_tree(serving)
     assert_recorded(project, run)
+
+
+def deployment_named(server: dict[str, str], name: str):
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), \
+            get_client(sync_client=True) as client:
+        (deployment,) = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+    return deployment
+
+
+def test_deployments_run_one_at_a_time(project, server):
+    """Both ways of deploying (flows.deploy and prefect.yaml) set concurrency limit 1."""
+    deployed = subprocess.run(
+        [sys.executable, "-m", "flows.deploy", "deploy", "--name", "limited", "--project-dir",
+         str(project.root)], cwd=project.root, env=server, capture_output=True, text=True,
+        timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    from_yaml = subprocess.run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--name",
+                                "weekly-retrain"], cwd=project.root, env=server,
+                               capture_output=True, text=True, timeout=300)
+    assert from_yaml.returncode == 0, from_yaml.stdout + from_yaml.stderr
+    for name in ("limited", "weekly-retrain"):
+        deployment = deployment_named(server, name)
+        assert deployment.global_concurrency_limit is not None, name
+        assert deployment.global_concurrency_limit.limit == 1, name
