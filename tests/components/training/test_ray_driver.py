@@ -83,9 +83,9 @@ def test_run_name_is_deterministic_and_tracks_training_parameters(
 
 def test_batch_not_divisible_by_workers_is_a_config_error(fmnist_root: Path,
                                                          tmp_path: Path) -> None:
-    cfg = tiny_config(fmnist_root, tmp_path, pretrain={"batch_size": 63})
+    """Rejected when the config is validated, before Ray or any MLflow run starts."""
     with pytest.raises(ConfigError, match="pretrain.batch_size"):
-        run_pretraining(cfg, _dataset(cfg))
+        tiny_config(fmnist_root, tmp_path, pretrain={"batch_size": 63})
 
 
 # ----------------------------------------------------------------------------- real Ray
