@@ -12,7 +12,12 @@ validated (a bad key fails the flow before any stage, naming the key) and writte
 project's ``params.yaml`` (only when it changes anything; comments and key order are kept), so
 the stages, DVC's params dependencies and the recorded lineage all see the same values.
 
-MLflow: one parent run per flow run (tagged with the Prefect flow-run id); every stage's run is
+A run first refreshes the sources' fingerprint (stage ``fingerprint``, which ``ingest`` depends on;
+not part of the returned outcomes) and asks DVC once whether any selected stage is stale; when none
+is (nothing new in the sources, no code or params change) it logs that and returns without
+opening an MLflow run, so a weekly schedule leaves no empty runs behind.
+
+MLflow: one parent run per flow run that runs something (tagged with the Prefect flow-run id); every stage's run is
 its child through ``SIMCLR_PARENT_RUN_ID``. The results table (``outputs/report/results.md``) is
 published as the markdown artifact ``simclr-results`` with a link to the parent run.
 
@@ -50,6 +55,7 @@ ARTIFACT_KEY = "simclr-results"
 SKIPPED = "skipped (up to date)"
 RAN = "ran"
 TAIL_LINES = 20
+SOURCE_CHECK = "fingerprint"  # the always-run stage whose output tells DVC the sources changed
 
 # Stages that touch a network or a cluster (S3 sources, Ray workers, the model registry) and can
 # fail transiently; the others are deterministic functions of their inputs.
@@ -141,14 +147,20 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
     return lines
 
 
-def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> dict[str, Any]:
-    """DVC's answer for this one stage: ``{}`` when up to date, else what changed."""
+def stale_stages(stages: list[str], project: Path, env: dict[str, str],
+                 label: str = "status") -> dict[str, Any]:
+    """DVC's answer for these stages (one ``dvc status``): ``{stage: what changed}``, stale only."""
     import json
 
-    out = run_logged(stage, [str(VENV_BIN / "dvc"), "status", "--json", stage], project, env)
+    out = run_logged(label, [str(VENV_BIN / "dvc"), "status", "--json", *stages], project, env)
     documents = [line for line in out if line.lstrip().startswith("{")]
     status = json.loads(documents[-1]) if documents else {}
-    return status.get(stage) or {}
+    return {stage: status[stage] for stage in stages if status.get(stage)}
+
+
+def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> dict[str, Any]:
+    """DVC's answer for this one stage: ``{}`` when up to date, else what changed."""
+    return stale_stages([stage], project, env, stage).get(stage) or {}
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -288,6 +300,17 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
     selected = select_stages(read_stage_order(project), stages)
     cfg = apply_params(project, preset, list(overrides or []))
     logger.info("project %s, stages %s", project, ", ".join(selected))
+    check_sources = SOURCE_CHECK in selected or "ingest" in selected
+    selected = [stage for stage in selected if stage != SOURCE_CHECK]
+    if check_sources:  # ingest depends on the sources' fingerprint: refresh it first
+        stage_task(SOURCE_CHECK, retry_backoff_s)(SOURCE_CHECK, str(project), None)
+    with run_lock(project, f"flow {FLOW_NAME}, status") as lock:
+        stale = stale_stages(selected, project, dvc_env(None, lock)) if selected else {}
+    if not stale:  # DVC's answer first: a run with nothing new opens no MLflow run
+        logger.info("nothing to do: the sources are unchanged and every stage is up to date "
+                    "(no MLflow run opened)")
+        outcomes.update({stage: SKIPPED for stage in selected})
+        return outcomes
 
     with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
         tracker = Tracker.from_config(cfg, project)

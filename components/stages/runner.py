@@ -61,7 +61,7 @@ def run_stage(cfg: PipelineConfig, name: str, *, track: bool = True, tracker=Non
         log.info("%s: done in %.1f s", name, seconds)
         return result
 
-    if not track:
+    if not track or not stage_named(name).tracked:
         return execute(None)
     from components.tracking.runs import Tracker, tracked_stage
 
