@@ -12,8 +12,9 @@ validated (a bad key fails the flow before any stage, naming the key) and writte
 project's ``params.yaml`` (only when it changes anything; comments and key order are kept), so
 the stages, DVC's params dependencies and the recorded lineage all see the same values.
 
-A run first refreshes the sources' fingerprint (stage ``fingerprint``, which ``ingest`` depends on;
-not part of the returned outcomes) and asks DVC once whether any selected stage is stale; when none
+A run first refreshes the sources' fingerprint (stage ``fingerprint``, which ``ingest`` depends on,
+run under the runner in the flow's process; not part of the returned outcomes) and asks DVC once
+whether any selected stage is stale; when none
 is (nothing new in the sources, no code or params change) it logs that and returns without
 opening an MLflow run, so a weekly schedule leaves no empty runs behind.
 
@@ -218,6 +219,20 @@ def run_stage(stage: str, project_dir: str, parent_run_id: str | None) -> str:
     return RAN
 
 
+@task(name=f"stage-{SOURCE_CHECK}", task_run_name=SOURCE_CHECK)
+def check_sources_task(project_dir: str) -> dict[str, float]:
+    """Stage ``fingerprint`` under the runner, in this process (no MLflow run, no DVC lock taken:
+    it only lists the sources), so DVC's next answer sees new source files; its metrics."""
+    from components.config import load_config
+    from components.stages.runner import run_stage as run_stage_body
+
+    project = Path(project_dir)
+    with contextlib.chdir(project):  # cfg.paths are relative to the project
+        result = run_stage_body(load_config(project / "params.yaml"), SOURCE_CHECK, track=False)
+    get_run_logger().info("sources checked: %s", result.metrics or "bundled sources only")
+    return result.metrics
+
+
 def stage_task(stage: str, retry_backoff_s: float) -> Any:
     retries = RETRIES.get(stage, 0)
     return run_stage.with_options(
@@ -303,9 +318,14 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
     check_sources = SOURCE_CHECK in selected or "ingest" in selected
     selected = [stage for stage in selected if stage != SOURCE_CHECK]
     if check_sources:  # ingest depends on the sources' fingerprint: refresh it first
-        stage_task(SOURCE_CHECK, retry_backoff_s)(SOURCE_CHECK, str(project), None)
-    with run_lock(project, f"flow {FLOW_NAME}, status") as lock:
-        stale = stale_stages(selected, project, dvc_env(None, lock)) if selected else {}
+        check_sources_task(str(project))
+    try:
+        with run_lock(project, f"flow {FLOW_NAME}, status") as lock:
+            stale = stale_stages(selected, project, dvc_env(None, lock)) if selected else {}
+    except StageFailed as err:  # e.g. DVC's repository lock is held: each stage asks again
+        logger.warning("could not ask DVC what is stale (%s); running the stages, each checks "
+                       "itself", str(err).splitlines()[0])
+        stale = dict.fromkeys(selected, "unknown")
     if not stale:  # DVC's answer first: a run with nothing new opens no MLflow run
         logger.info("nothing to do: the sources are unchanged and every stage is up to date "
                     "(no MLflow run opened)")

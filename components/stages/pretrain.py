@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 RUN_VARYING = ("images_per_s", "epoch_time_s", "epoch_cpu_s", "resumed_from")
 HISTORY_FILE = "history.json"  # one row per epoch, every row the same keys (dvc plots needs that)
 MONITOR_FILE = "knn_monitor.json"  # the kNN monitor's rows (measured every knn_every epochs)
+MONITOR_COLUMNS = ("knn_top1",)  # always in MONITOR_FILE, even when measured every epoch
 
 
 def split_history(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(history, monitor)``: the run-independent columns every row has, one row per epoch, and
     ``{"epoch", <column>...}`` rows for the epochs that measured the other columns (kNN top-1)."""
     rows = [{k: v for k, v in row.items() if k not in RUN_VARYING} for row in rows]
-    every = set.intersection(*(set(row) for row in rows)) if rows else set()
+    every = set.intersection(*(set(row) for row in rows)) - set(MONITOR_COLUMNS) if rows else set()
     history = [{k: v for k, v in row.items() if k in every} for row in rows]
     monitor = [{"epoch": row["epoch"], **{k: v for k, v in row.items() if k not in every}}
                for row in rows if set(row) - every]

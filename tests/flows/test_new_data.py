@@ -48,6 +48,7 @@ def project(tmp_path_factory, prefect_api, images):
         tiny["data"].update(source={"kind": "image_folder", "path": str(images), "name": "images"},
                             transfer=[])
         tiny["subsets"]["fractions"] = [0.1, 0.5]
+        tiny["ray"]["num_workers"] = 1  # the flow's logic is under test, not data parallelism
         project.update_params(tiny)
         project.commit("an image-folder source")
         yield project
@@ -101,7 +102,7 @@ def test_new_images_rerun_ingest_and_downstream_and_nothing_new_is_a_quick_no_op
     for curve in ("loss", "contrastive_acc"):
         assert sorted(row["epoch"] for row in history if row.get("field") == curve) == [1, 2], shown
     monitor = plotted_rows(shown, "pretrain/knn_monitor.json")
-    assert sorted(row["epoch"] for row in monitor if row.get("field") == "knn_top1") == [1, 2]
+    assert sorted(row["epoch"] for row in monitor if "knn_top1" in row) == [1, 2], shown
 
     state, seconds = run_flow(project)  # the scheduled run a week later: nothing new
     assert state.result() == dict.fromkeys(STAGES, SKIPPED)

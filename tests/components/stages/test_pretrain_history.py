@@ -13,3 +13,6 @@ def test_rows_of_one_file_have_the_same_keys_and_the_monitor_gets_its_own():
     assert [set(row) for row in history] == [{"epoch", "step", "loss", "contrastive_acc"}] * 4
     assert monitor == [{"epoch": 2, "knn_top1": 0.5}, {"epoch": 4, "knn_top1": 0.5}]
     assert split_history([]) == ([], [])
+    every_epoch = [{"epoch": e, "loss": 1.0, "knn_top1": 0.5} for e in (1, 2)]  # knn_every=1
+    assert split_history(every_epoch) == ([{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 1.0}],
+                                          [{"epoch": 1, "knn_top1": 0.5}, {"epoch": 2, "knn_top1": 0.5}])
