@@ -315,6 +315,12 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
     selected = select_stages(read_stage_order(project), stages)
     cfg = apply_params(project, preset, list(overrides or []))
     logger.info("project %s, stages %s", project, ", ".join(selected))
+    with contextlib.chdir(project):
+        tracker = Tracker.from_config(cfg, project)
+        swept = sweep_stale_runs(cfg, tracker=tracker)  # we hold the run lock: dead processes' runs
+    if swept:
+        logger.info("marked %d MLflow run(s) of dead processes FAILED: %s", len(swept),
+                    ", ".join(swept))
     check_sources = SOURCE_CHECK in selected or "ingest" in selected
     selected = [stage for stage in selected if stage != SOURCE_CHECK]
     if check_sources:  # ingest depends on the sources' fingerprint: refresh it first
@@ -333,11 +339,6 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
         return outcomes
 
     with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
-        tracker = Tracker.from_config(cfg, project)
-        swept = sweep_stale_runs(cfg, tracker=tracker)  # we hold the run lock: dead processes' runs
-        if swept:
-            logger.info("marked %d MLflow run(s) of dead processes FAILED: %s", len(swept),
-                        ", ".join(swept))
         tracking_uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
         parent = start_pipeline_run(cfg, f"pipeline-{flow_run.name or 'local'}", tracker)
         tracker.client.set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))
