@@ -23,6 +23,7 @@ from components.io import write_json
 METRICS_FILE = "metrics.json"
 ENCODER_FILE = "encoder.pt"
 RESULTS_FILE = "results.md"
+FINGERPRINT_FILE = "fingerprint.json"  # outputs/fingerprint/fingerprint.json: ingest's source dep
 TIMINGS_FOLDER = "timings"  # <outputs>/timings/<stage>.json: run-varying numbers, not a DVC out
 PARENT_RUN_ENV = "SIMCLR_PARENT_RUN_ID"  # the pipeline (parent) MLflow run a stage's run nests under
 
@@ -32,9 +33,12 @@ class Stage:
     name: str  # the `simclr <name>` command and the dvc.yaml stage
     module: str  # the module under components.stages holding ``run``
     help: str
+    tracked: bool = True  # False: no MLflow run (a check that runs on every pipeline run)
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("fingerprint", "fingerprint", "list the sources (sizes, mtimes, ETags): ingest reruns when they change",
+          tracked=False),
     Stage("ingest", "ingest", "turn the configured source (and transfer sources) into canonical data sets"),
     Stage("subsets", "subsets", "write the class-balanced, seeded label subsets of the training split"),
     Stage("pretrain", "pretrain", "SimCLR pretraining on Ray Train workers -> outputs/pretrain/encoder.pt"),
@@ -128,6 +132,10 @@ class StagePaths:
         return self.stage_dir("pretrain") / ENCODER_FILE
 
     @property
+    def fingerprint(self) -> Path:
+        return self.stage_dir("fingerprint") / FINGERPRINT_FILE
+
+    @property
     def results(self) -> Path:
         return self.stage_dir("report") / RESULTS_FILE
 
@@ -156,6 +164,6 @@ def metric_slug(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
 
 
-__all__ = ["EVALUATION_STAGES", "PARENT_RUN_ENV", "STAGES", "STAGE_NAMES", "Stage", "StageContext",
+__all__ = ["EVALUATION_STAGES", "FINGERPRINT_FILE", "PARENT_RUN_ENV", "STAGES", "STAGE_NAMES", "Stage", "StageContext",
            "StagePaths", "StageResult", "metric_slug", "read_metrics", "stage_named", "subset_tag",
            "write_metrics"]

@@ -12,7 +12,13 @@ validated (a bad key fails the flow before any stage, naming the key) and writte
 project's ``params.yaml`` (only when it changes anything; comments and key order are kept), so
 the stages, DVC's params dependencies and the recorded lineage all see the same values.
 
-MLflow: one parent run per flow run (tagged with the Prefect flow-run id); every stage's run is
+A run first refreshes the sources' fingerprint (stage ``fingerprint``, which ``ingest`` depends on,
+run under the runner in the flow's process; not part of the returned outcomes) and asks DVC once
+whether any selected stage is stale; when none
+is (nothing new in the sources, no code or params change) it logs that and returns without
+opening an MLflow run, so a weekly schedule leaves no empty runs behind.
+
+MLflow: one parent run per flow run that runs something (tagged with the Prefect flow-run id); every stage's run is
 its child through ``SIMCLR_PARENT_RUN_ID``. The results table (``outputs/report/results.md``) is
 published as the markdown artifact ``simclr-results`` with a link to the parent run.
 
@@ -50,6 +56,7 @@ ARTIFACT_KEY = "simclr-results"
 SKIPPED = "skipped (up to date)"
 RAN = "ran"
 TAIL_LINES = 20
+SOURCE_CHECK = "fingerprint"  # the always-run stage whose output tells DVC the sources changed
 
 # Stages that touch a network or a cluster (S3 sources, Ray workers, the model registry) and can
 # fail transiently; the others are deterministic functions of their inputs.
@@ -141,14 +148,20 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
     return lines
 
 
-def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> dict[str, Any]:
-    """DVC's answer for this one stage: ``{}`` when up to date, else what changed."""
+def stale_stages(stages: list[str], project: Path, env: dict[str, str],
+                 label: str = "status") -> dict[str, Any]:
+    """DVC's answer for these stages (one ``dvc status``): ``{stage: what changed}``, stale only."""
     import json
 
-    out = run_logged(stage, [str(VENV_BIN / "dvc"), "status", "--json", stage], project, env)
+    out = run_logged(label, [str(VENV_BIN / "dvc"), "status", "--json", *stages], project, env)
     documents = [line for line in out if line.lstrip().startswith("{")]
     status = json.loads(documents[-1]) if documents else {}
-    return status.get(stage) or {}
+    return {stage: status[stage] for stage in stages if status.get(stage)}
+
+
+def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> dict[str, Any]:
+    """DVC's answer for this one stage: ``{}`` when up to date, else what changed."""
+    return stale_stages([stage], project, env, stage).get(stage) or {}
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -204,6 +217,20 @@ def run_stage(stage: str, project_dir: str, parent_run_id: str | None) -> str:
             restore_outputs(stage, project, env)
             raise
     return RAN
+
+
+@task(name=f"stage-{SOURCE_CHECK}", task_run_name=SOURCE_CHECK)
+def check_sources_task(project_dir: str) -> dict[str, float]:
+    """Stage ``fingerprint`` under the runner, in this process (no MLflow run, no DVC lock taken:
+    it only lists the sources), so DVC's next answer sees new source files; its metrics."""
+    from components.config import load_config
+    from components.stages.runner import run_stage as run_stage_body
+
+    project = Path(project_dir)
+    with contextlib.chdir(project):  # cfg.paths are relative to the project
+        result = run_stage_body(load_config(project / "params.yaml"), SOURCE_CHECK, track=False)
+    get_run_logger().info("sources checked: %s", result.metrics or "bundled sources only")
+    return result.metrics
 
 
 def stage_task(stage: str, retry_backoff_s: float) -> Any:
@@ -288,13 +315,30 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
     selected = select_stages(read_stage_order(project), stages)
     cfg = apply_params(project, preset, list(overrides or []))
     logger.info("project %s, stages %s", project, ", ".join(selected))
-
-    with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
+    with contextlib.chdir(project):
         tracker = Tracker.from_config(cfg, project)
         swept = sweep_stale_runs(cfg, tracker=tracker)  # we hold the run lock: dead processes' runs
-        if swept:
-            logger.info("marked %d MLflow run(s) of dead processes FAILED: %s", len(swept),
-                        ", ".join(swept))
+    if swept:
+        logger.info("marked %d MLflow run(s) of dead processes FAILED: %s", len(swept),
+                    ", ".join(swept))
+    check_sources = SOURCE_CHECK in selected or "ingest" in selected
+    selected = [stage for stage in selected if stage != SOURCE_CHECK]
+    if check_sources:  # ingest depends on the sources' fingerprint: refresh it first
+        check_sources_task(str(project))
+    try:
+        with run_lock(project, f"flow {FLOW_NAME}, status") as lock:
+            stale = stale_stages(selected, project, dvc_env(None, lock)) if selected else {}
+    except StageFailed as err:  # e.g. DVC's repository lock is held: each stage asks again
+        logger.warning("could not ask DVC what is stale (%s); running the stages, each checks "
+                       "itself", str(err).splitlines()[0])
+        stale = dict.fromkeys(selected, "unknown")
+    if not stale:  # DVC's answer first: a run with nothing new opens no MLflow run
+        logger.info("nothing to do: the sources are unchanged and every stage is up to date "
+                    "(no MLflow run opened)")
+        outcomes.update({stage: SKIPPED for stage in selected})
+        return outcomes
+
+    with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
         tracking_uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
         parent = start_pipeline_run(cfg, f"pipeline-{flow_run.name or 'local'}", tracker)
         tracker.client.set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))

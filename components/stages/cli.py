@@ -58,7 +58,7 @@ def _print_params(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]
                  | None = None) -> tuple[argparse.ArgumentParser, dict[str, Command]]:
-    parser = argparse.ArgumentParser(prog="simclr", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="simclr", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Command] = {}

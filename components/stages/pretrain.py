@@ -1,7 +1,8 @@
 """Stage ``pretrain``: SimCLR on Ray Train workers -> encoder, metrics, history, loss plot.
 
 Reads the canonical data set of ``cfg.data.source``; writes ``outputs/pretrain/encoder.pt``
-(``save_encoder`` format), ``metrics.json``, ``history.json`` (one row per epoch) and
+(``save_encoder`` format), ``metrics.json``, ``history.json`` (one row per
+epoch, the same keys in every row), ``knn_monitor.json`` (the epochs the kNN monitor ran) and
 ``loss.png``. Ray checkpoints live under ``cfg.ray.storage_path`` (outside DVC's outs), in a
 run named after the data hash and the training parameters: rerunning resumes.
 """
@@ -22,6 +23,20 @@ from components.training.ray_driver import PretrainOutcome, run_pretraining
 log = logging.getLogger(__name__)
 # history columns that differ between identical runs: MLflow only, never history.json
 RUN_VARYING = ("images_per_s", "epoch_time_s", "epoch_cpu_s", "resumed_from")
+HISTORY_FILE = "history.json"  # one row per epoch, every row the same keys (dvc plots needs that)
+MONITOR_FILE = "knn_monitor.json"  # the kNN monitor's rows (measured every knn_every epochs)
+MONITOR_COLUMNS = ("knn_top1",)  # always in MONITOR_FILE, even when measured every epoch
+
+
+def split_history(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(history, monitor)``: the run-independent columns every row has, one row per epoch, and
+    ``{"epoch", <column>...}`` rows for the epochs that measured the other columns (kNN top-1)."""
+    rows = [{k: v for k, v in row.items() if k not in RUN_VARYING} for row in rows]
+    every = set.intersection(*(set(row) for row in rows)) - set(MONITOR_COLUMNS) if rows else set()
+    history = [{k: v for k, v in row.items() if k in every} for row in rows]
+    monitor = [{"epoch": row["epoch"], **{k: v for k, v in row.items() if k not in every}}
+               for row in rows if set(row) - every]
+    return history, monitor
 
 
 def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
@@ -31,13 +46,14 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     out_dir = ctx.out
     encoder_path = write_encoder(out_dir / "encoder.pt", cfg, dataset, outcome)
     metrics, timings = summary_metrics(cfg, outcome)
-    history = [{k: v for k, v in row.items() if k not in RUN_VARYING} for row in outcome.history]
-    history_path = write_json(out_dir / "history.json", history)
+    history, monitor = split_history(outcome.history)
+    history_path = write_json(out_dir / HISTORY_FILE, history)
+    monitor_path = write_json(out_dir / MONITOR_FILE, monitor)
     plot_path = plot_history(outcome.history, out_dir / "loss.png")
     log.info("pretrain: %s", ", ".join(f"{k}={v:.4g}" for k, v in {**metrics, **timings}.items()))
     return StageResult(
         metrics=metrics, timings=timings,
-        artifacts=[encoder_path, history_path, plot_path],
+        artifacts=[encoder_path, history_path, monitor_path, plot_path],
         tags={"ray_run_name": outcome.run_name, "ray_storage_path": outcome.storage_path,
               "ray_checkpoint": outcome.checkpoint_path,
               "dataset_content_hash": dataset.content_hash},

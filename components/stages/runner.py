@@ -7,7 +7,8 @@ For stage ``name`` (one of :data:`components.stage_api.STAGES`) it:
 2. records the wall time in ``result.timings`` and writes the timings to the untracked
    ``<outputs>/timings/<name>.json`` (never into a DVC out: identical runs give identical outs);
 3. writes ``outputs/<name>/metrics.json`` last, so a stage that fails leaves no metrics behind;
-4. when tracked, does all of it inside the stage's MLflow run
+4. when tracked (``track=True`` and the stage's ``Stage.tracked``; the ``fingerprint`` check is
+   not), does all of it inside the stage's MLflow run
    (:func:`components.tracking.runs.tracked_stage`), which logs metrics, timings and artifacts.
 """
 
@@ -61,7 +62,7 @@ def run_stage(cfg: PipelineConfig, name: str, *, track: bool = True, tracker=Non
         log.info("%s: done in %.1f s", name, seconds)
         return result
 
-    if not track:
+    if not track or not stage_named(name).tracked:
         return execute(None)
     from components.tracking.runs import Tracker, tracked_stage
 

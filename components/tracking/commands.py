@@ -2,7 +2,7 @@
 
     simclr models                 # versions, aliases, headline metrics
     simclr promote 3              # champion -> 3, old champion -> previous-champion
-    simclr rollback               # champion -> previous-champion
+    simclr rollback               # champion -> the one before it (also after a move in the MLflow UI)
     simclr sweep-runs [--older-than 86400]   # RUNNING runs of dead processes -> FAILED
 """
 
@@ -31,12 +31,13 @@ def format_table(rows: list[dict], gate_metric: str) -> str:
     names = sorted({k for row in rows for k in row["metrics"]})
     chosen = ([gate_metric] if gate_metric in names else []) + \
         [n for n in names if n != gate_metric and "." not in n][:TABLE_METRICS - 1]
-    header = ["version", "aliases", *chosen, "git", "run"]
+    header = ["version", "aliases", *chosen, "git", "run", "decision"]
     lines = [header]
     for row in rows:
         lines.append([row["version"], ",".join(row["aliases"]) or "-",
                       *(f"{row['metrics'][n]:.4f}" if n in row["metrics"] else "-" for n in chosen),
-                      row["git_commit"][:8] or "-", (row["run_id"] or "-")[:12]])
+                      row["git_commit"][:8] or "-", (row["run_id"] or "-")[:12],
+                      row.get("decision", "-")])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
                      .rstrip() for line in lines)
@@ -53,11 +54,14 @@ def _promote(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 
 def _rollback(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    from components.tracking.registry import rollback
+    from components.tracking.registry import CHAMPION, alias_version, rollback
     from components.tracking.runs import Tracker
 
-    version = rollback(Tracker.from_config(cfg), cfg.registry.model_name)
-    print(f"{cfg.registry.model_name}: champion rolled back to version {version}")
+    tracker = Tracker.from_config(cfg)
+    before = alias_version(tracker.client, cfg.registry.model_name, CHAMPION)
+    version = rollback(tracker, cfg.registry.model_name)
+    print(f"{cfg.registry.model_name}: champion rolled back to version {version}"
+          + (f" (from version {before.version})" if before is not None else ""))
     return 0
 
 
@@ -88,6 +92,7 @@ COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None
                _no_arguments),
     "promote": ("make VERSION the champion (old champion -> previous-champion)", _promote,
                 _version_argument),
-    "rollback": ("move champion back to previous-champion", _rollback, _no_arguments),
+    "rollback": ("move champion back to the version before it (previous-champion, or the one a "
+                 "move in the MLflow UI replaced)", _rollback, _no_arguments),
     "sweep-runs": ("mark RUNNING runs of killed processes as FAILED", _sweep, _sweep_arguments),
 }

@@ -2,7 +2,10 @@
 
 Aliases (MLflow stages are deprecated): ``challenger`` is the newest registered version,
 ``champion`` the one downstream code loads (``models:/simclr-encoder@champion``) and
-``previous-champion`` the one a rollback returns to.
+``previous-champion`` the one a rollback returns to. Every champion move made here is also
+recorded in the registered model's ``champion_history`` tag, so a move made in the MLflow UI (which
+sets only ``champion``) is recognised: ``simclr models`` says so, and ``simclr rollback`` returns to
+the champion the UI replaced.
 
 Each registered version is a pyfunc model whose artifact ``checkpoint`` is the encoder checkpoint
 in the project's own format (``components.models.checkpoint``: state dict + model config, loaded
@@ -52,6 +55,12 @@ from components.tracking.runs import Tracker
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+# Registered-model tag: the versions simclr made champion, oldest first (comma-separated). An
+# alias moved by hand in the MLflow UI is not in it: rollback then returns to its last entry.
+HISTORY_TAG = "champion_history"
+HISTORY_LENGTH = 50
+# Version tag: how simclr made the version champion ("gate", "promote", "rollback").
+PROMOTED_BY_TAG = "promoted_by"
 METRIC_TAG = "metric."
 CHECKPOINT_ARTIFACT = "checkpoint"
 CAS_RETRIES = 5
@@ -191,7 +200,7 @@ def gate_and_promote(tracker: Tracker, name: str, version: str, gate: GateConfig
                                      version_metrics(champion))
             if not decision.passed:
                 return decision
-            if _move_champion(client, name, version, champion):
+            if _move_champion(client, name, version, champion, "gate"):
                 return decision
             time.sleep(0.1)
         raise PipelineError(f"registry {name}: champion kept changing while promoting version "
@@ -206,41 +215,95 @@ def promote(tracker: Tracker, name: str, version: str) -> str | None:
     client = tracker.client
     _require_version(client, name, version)
     with registry_lock(tracker.registry_uri):
-        return _promote_locked(client, name, version)
+        return _promote_locked(client, name, version, "promote")
 
 
 def rollback(tracker: Tracker, name: str) -> str:
-    """``champion`` back to ``previous-champion`` (which then names the demoted version)."""
+    """``champion`` back to the one before it (:func:`rollback_target`); returns that version."""
     client = tracker.client
     with registry_lock(tracker.registry_uri):
-        previous = alias_version(client, name, PREVIOUS)
-        if previous is None:
-            raise PipelineError(f"registry {name}: no '{PREVIOUS}' alias to roll back to")
-        _promote_locked(client, name, str(previous.version))
-    return str(previous.version)
+        target = rollback_target(client, name)
+        _promote_locked(client, name, target, "rollback")
+    return target
 
 
-def _promote_locked(client: MlflowClient, name: str, version: str) -> str | None:
+def rollback_target(client: MlflowClient, name: str) -> str:
+    """The version a rollback returns to.
+
+    After a simclr move (gate, ``promote``, ``rollback``): ``previous-champion``. After a move in
+    the MLflow UI (the champion is not the last entry of ``champion_history``): the champion the
+    UI replaced, i.e. that last entry. Raises :class:`PipelineError` saying what to do otherwise.
+    """
+    champion = _version_of(alias_version(client, name, CHAMPION))
+    history = champion_history(client, name)
+    if history and history[-1] != champion:  # moved outside simclr: undo that move
+        return history[-1]
+    previous = _version_of(alias_version(client, name, PREVIOUS))
+    if previous is not None and previous != champion:
+        return previous
+    if champion is None:
+        raise PipelineError(f"registry {name}: no '{CHAMPION}' alias to roll back from; "
+                            f"make one with `simclr promote VERSION`")
+    raise PipelineError(f"registry {name}: no earlier champion recorded for version {champion} "
+                        f"(no '{PREVIOUS}' alias, no '{HISTORY_TAG}' tag); pick the version with "
+                        f"`simclr promote VERSION` (see `simclr models`)")
+
+
+def champion_history(client: MlflowClient, name: str) -> list[str]:
+    """The versions simclr made champion, oldest first (the ``champion_history`` tag)."""
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        return []
+    return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
+
+
+def _promote_locked(client: MlflowClient, name: str, version: str, how: str) -> str | None:
     for _ in range(CAS_RETRIES):
         champion = alias_version(client, name, CHAMPION)
-        if _move_champion(client, name, version, champion):
+        if _move_champion(client, name, version, champion, how):
             return None if champion is None else str(champion.version)
         time.sleep(0.1)
     raise PipelineError(f"registry {name}: champion kept changing; retry")
 
 
 def _move_champion(client: MlflowClient, name: str, version: str,
-                   expected: ModelVersion | None) -> bool:
-    """Compare-and-set: move the aliases only if the champion is still ``expected``."""
+                   expected: ModelVersion | None, how: str) -> bool:
+    """Compare-and-set: move the aliases only if the champion is still ``expected``; record the
+    move (``how``: gate, promote, rollback) in ``champion_history`` and the version's tags."""
     current = alias_version(client, name, CHAMPION)
     if _version_of(current) != _version_of(expected):
         return False
-    if _version_of(current) == version:
+    history = champion_history(client, name)
+    if _version_of(current) == version and history and history[-1] == version:
         return True
     client.set_registered_model_alias(name, CHAMPION, version)
-    if current is not None:
+    if current is not None and str(current.version) != version:
         client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    client.set_model_version_tag(name, version, PROMOTED_BY_TAG, how)
+    client.set_registered_model_tag(name, HISTORY_TAG,
+                                    ",".join([*history, version][-HISTORY_LENGTH:]))
     return True
+
+
+def displayed_decision(version: ModelVersion, aliases: list[str], history: list[str]) -> str:
+    """What the registry decided about ``version``, consistent with its aliases.
+
+    A champion set in the MLflow UI keeps the gate's old tag (say ``refused``): shown as
+    ``champion set in the MLflow UI (gate: refused)`` rather than the bare, contradicting tag.
+    """
+    gate = version.tags.get("gate", "")
+    if CHAMPION not in aliases:
+        return gate or "-"
+    if not history or history[-1] != str(version.version):
+        how = "set in the MLflow UI"
+    else:
+        how = {"gate": "promoted by the gate", "promote": "promoted by `simclr promote`",
+               "rollback": "restored by `simclr rollback`"}.get(
+            version.tags.get(PROMOTED_BY_TAG, ""), "champion")
+    if how == "promoted by the gate" or not gate:
+        return how
+    return f"{how} (gate: {gate})"
 
 
 def _version_of(version: ModelVersion | None) -> str | None:
@@ -264,9 +327,12 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         raise PipelineError(f"registry: no registered model {name!r} (run the register stage)"
                             ) from err
     rows = []
+    history = champion_history(client, name)
     for version in client.search_model_versions(f"name = '{name}'"):
+        version_aliases = sorted(aliases.get(str(version.version), []))
         rows.append({"version": str(version.version),
-                     "aliases": sorted(aliases.get(str(version.version), [])),
+                     "aliases": version_aliases,
+                     "decision": displayed_decision(version, version_aliases, history),
                      "metrics": version_metrics(version) or {},
                      "run_id": version.run_id, "created": version.creation_timestamp,
                      "git_commit": version.tags.get("git_commit", "")})

@@ -104,8 +104,10 @@ def _check_outputs(cfg: PipelineConfig, result: StageResult, out: Path, data_roo
     assert not any(key in row for row in history for key in ("images_per_s", "epoch_time_s",
                                                               "resumed_from"))
     assert all("images_per_s" in row for row in result.history)  # still logged to MLflow
-    knn_epochs = [row["epoch"] for row in history if "knn_top1" in row]
-    assert knn_epochs == [4, 8]  # knn_every=4
+    assert len({tuple(sorted(row)) for row in history}) == 1  # one set of keys: dvc plots
+    monitor = json.loads((out / "knn_monitor.json").read_text())
+    assert [row["epoch"] for row in monitor] == [4, 8]  # knn_every=4
+    assert all(set(row) == {"epoch", "knn_top1"} for row in monitor)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dataset = CanonicalDataset(data_root / "datasets" / "fashion-mnist")
     assert result.tags["ray_run_name"] == run_name_for(cfg, dataset.content_hash)
