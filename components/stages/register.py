@@ -32,7 +32,7 @@ from components.stage_api import (
     StageResult,
     read_metrics,
 )
-from components.tracking.gate import GateDecision, test_counterpart
+from components.tracking.gate import GateDecision, paired_test_metric
 from components.tracking.lineage import lineage_tags
 from components.tracking.registry import (
     CHAMPION,
@@ -91,7 +91,7 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         "input": f"float32 (B,{spec.in_channels},{spec.image_size},{spec.image_size}) in [0,1]",
         # which number decided (validation) and its test counterpart (reported only)
         "gate_metric": gate.metric,
-        "gate_metric_test": test_counterpart(gate.metric),
+        "gate_metric_test": paired_test_metric(gate.metric),
     })
     headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)
                          if k in (gate.metric, tags["gate_metric_test"])

@@ -29,10 +29,10 @@ def _models(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def format_table(rows: list[dict], gate_metric: str) -> str:
     """Plain-text table: version, aliases, the gate metric (validation) and its test counterpart,
     a few others, which metric decided each version's gate (``decided by``), git commit, run."""
-    from components.tracking.gate import test_counterpart
+    from components.tracking.gate import paired_test_metric
 
     names = sorted({k for row in rows for k in row["metrics"]})
-    first = [n for n in (gate_metric, test_counterpart(gate_metric)) if n in names]
+    first = [n for n in (gate_metric, paired_test_metric(gate_metric)) if n in names]
     chosen = first + [n for n in names if n not in first and "." not in n][:TABLE_METRICS - len(first)]
     header = ["version", "aliases", *chosen, "decided by", "git", "run"]
     lines = [header]

@@ -18,7 +18,7 @@ def is_validation_metric(name: str) -> bool:
     return VAL_MARK in name
 
 
-def test_counterpart(name: str) -> str:
+def paired_test_metric(name: str) -> str:
     """The test-split metric reported next to a validation one: 'linear_val_top1' -> 'linear_top1'."""
     return name.replace(VAL_MARK, "_", 1)
 

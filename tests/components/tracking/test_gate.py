@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from components.config import GateConfig
-from components.tracking.gate import evaluate_gate, test_counterpart
+from components.tracking.gate import evaluate_gate, paired_test_metric
 
 GATE = GateConfig(metric="linear_val_top1", min_value=0.5, min_improvement=0.01, max_transfer_drop=0.05)
 
@@ -57,4 +57,4 @@ def test_a_test_split_gate_metric_is_refused_when_the_config_loads() -> None:
     with pytest.raises(ValidationError, match="not a validation metric"):
         GateConfig(metric="linear_top1")
     assert GateConfig().metric == "linear_val_top1"
-    assert test_counterpart("linear_val_top1") == "linear_top1"
+    assert paired_test_metric("linear_val_top1") == "linear_top1"

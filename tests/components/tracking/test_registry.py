@@ -77,16 +77,24 @@ def test_models_promote_and_rollback_commands(project: Path, sqlite_uri: str,
     cfg = make_cfg(sqlite_uri, registry=gate)
     params = str(write_params(project, sqlite_uri, registry=gate))
     client = MlflowClient(sqlite_uri, sqlite_uri)
-    register_candidate(project, cfg, {"linear_val_top1": 0.70})
-    register_candidate(project, cfg, {"linear_val_top1": 0.65}, seed=1)
-    assert aliases(client) == {"champion": "1", "challenger": "2"}
+    register_candidate(project, cfg, {"linear_val_top1": 0.70, "linear_top1": 0.60})
+    register_candidate(project, cfg, {"linear_val_top1": 0.65, "linear_top1": 0.99}, seed=1)
+    assert aliases(client) == {"champion": "1", "challenger": "2"}  # val decides, not test
+    version = client.get_model_version("simclr-encoder", "2")
+    assert version.tags["gate_metric"] == "linear_val_top1"
+    assert version.tags["gate_metric_test"] == "linear_top1"
+    assert float(version.tags["metric.linear_top1"]) == 0.99  # test recorded next to val
     capsys.readouterr()
 
     assert main(["models", "--params", params]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["version", "aliases", "linear_val_top1"]
-    assert table[1].split()[:3] == ["2", "challenger", "0.6500"]
-    assert table[2].split()[:3] == ["1", "champion", "0.7000"]
+    # the deciding (validation) metric first, its test counterpart next, and what decided
+    assert table[0].split()[:4] == ["version", "aliases", "linear_val_top1", "linear_top1"]
+    assert "decided by" in table[0]
+    assert table[1].split()[:6] == ["2", "challenger", "0.6500", "0.9900", "linear_val_top1",
+                                    "(refused)"]
+    assert table[2].split()[:6] == ["1", "champion", "0.7000", "0.6000", "linear_val_top1",
+                                    "(passed)"]
 
     assert main(["promote", "2", "--params", params]) == 0
     assert aliases(client) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
