@@ -58,10 +58,12 @@ class DataConfig(_Section):
 
 
 class SubsetsConfig(_Section):
-    """Class-balanced label subsets of the training split (fractions of the whole split)."""
+    """The validation split and class-balanced label subsets of the training split (fractions
+    of the whole split; subsets never take validation images)."""
 
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1])
     seed: int = 0
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # stratified; read by every choice
 
     @field_validator("fractions")
     @classmethod
@@ -153,6 +155,7 @@ class LinearEvalConfig(_Section):
     """Multinomial logistic regression on frozen features; L2 strength picked on a val split."""
 
     l2_grid: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3])
+    # carved from train only where no versioned validation split exists (transfer data sets)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     epochs: int = Field(100, gt=0)
     max_train_images: int | None = Field(None, gt=0)
@@ -166,7 +169,24 @@ class FinetuneConfig(_Section):
     weight_decay: float = Field(5e-4, ge=0.0)
     augment: bool = True  # crop + flip while fine-tuning
     min_steps: int = Field(0, ge=0)  # at least this many steps, however small the label set
-    monitor_images: int = Field(1000, gt=0)  # test images scored each epoch for the curve only
+    monitor_images: int = Field(1000, gt=0)  # validation images scored each epoch (the curve)
+
+
+class RecipeConfig(_Section):
+    """One candidate training recipe: overrides of the fine-tuning recipe (None: keep it)."""
+
+    epochs: int | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0.0)
+    augment: bool | None = None
+
+
+class SupervisedConfig(_Section):
+    """Baselines from random init: every candidate recipe is trained under the fine-tuning
+    budget rule (steps = max(epochs x batches, min_steps)); the best on validation is kept."""
+
+    recipes: list[RecipeConfig] = Field(default_factory=lambda: [RecipeConfig()], min_length=1)
+    # the 100%-labels baseline (epochs default: evaluate.supervised_full_epochs)
+    full_recipes: list[RecipeConfig] = Field(default_factory=lambda: [RecipeConfig()], min_length=1)
 
 
 class KnnConfig(_Section):
@@ -180,6 +200,7 @@ class EvaluateConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
     knn: KnnConfig = KnnConfig()
     supervised_full_epochs: int = Field(10, gt=0)  # the 100%-labels supervised baseline
+    supervised: SupervisedConfig = SupervisedConfig()
     transfer_finetune: bool = False  # also fine-tune (and train from scratch) on transfer sets
     cache_dir: str = ".cache/features"  # frozen features, keyed by encoder + data hash; not a DVC out
     embedding_method: Literal["tsne", "pca"] = "tsne"  # 2-D map of test features
@@ -194,13 +215,24 @@ class TrackingConfig(_Section):
     system_metrics: bool = False
 
 
+VAL_MARK = "_val_"  # what names a validation-split metric: linear_val_top1, transfer_x_val_top1
+
+
 class GateConfig(_Section):
     """A challenger becomes champion only if it clears every threshold."""
 
-    metric: str = "linear_top1"
+    metric: str = "linear_val_top1"  # a validation metric (*_val_*): the test split never chooses
     min_value: float = 0.0
     min_improvement: float = 0.0  # over the current champion's value of ``metric``
-    max_transfer_drop: float = 0.05  # no transfer_* metric may fall further below the champion's
+    max_transfer_drop: float = 0.05  # no transfer_*_val_top1 may fall further below the champion's
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        if VAL_MARK not in value:
+            raise ValueError(f"{value!r} is not a validation metric (*_val_*, e.g. linear_val_top1): "
+                             f"the gate chooses the champion, and choices never read the test split")
+        return value
 
 
 class RegistryConfig(_Section):

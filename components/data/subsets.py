@@ -1,12 +1,19 @@
-"""Class-balanced, seeded label subsets of the training split, stored as index files.
+"""The validation split and the class-balanced label subsets of the training split, as index files.
+
+Validation: a seeded, stratified ``val_fraction`` of every class of the training split
+(:func:`components.data.split.stratified_split`), written to ``val.txt``. It is what every
+choice reads (linear-probe L2, fine-tuning and baseline recipes, the registry gate); the test
+split is only ever scored. Label subsets and the supervised 100% baseline train on the rest.
 
 Rule: for a fraction ``f`` of a training split of ``N`` images and ``C`` classes, every class
-gets ``k = max(1, round_half_up(f * N / C))`` images, capped at the images that class has.
-Each class's indices are shuffled once with ``seed``; a subset takes the first ``k`` of that
-order, so a smaller fraction is always contained in a larger one (1% inside 10%).
+gets ``k = max(1, round_half_up(f * N / C))`` images, capped at the images that class has
+outside the validation split. Each class's non-validation indices are shuffled once with
+``seed``; a subset takes the first ``k`` of that order, so a smaller fraction is always
+contained in a larger one (1% inside 10%).
 
-Files (``data/subsets/``): ``<tag>.txt`` holds one train-split index per line, sorted, and
-``manifest.json`` records the seed, the data set's content hash and exact counts per class.
+Files (``data/subsets/``): ``<tag>.txt`` and ``val.txt`` hold one train-split index per line,
+sorted, and ``manifest.json`` records the seed, the data set's content hash and exact counts
+per class.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from components.data.store import CanonicalDataset, replace_dir
 from components.errors import DataError
 
 MANIFEST = "manifest.json"
-RULE = "per class max(1, round_half_up(fraction * train_size / num_classes)), capped at the class size"
+VAL_FILE = "val.txt"
+RULE = ("per class max(1, round_half_up(fraction * train_size / num_classes)), capped at the "
+        "class's images outside the validation split")
+VAL_RULE = "per class round_half_up(val_fraction * class size), at least 1 (stratified_split)"
 
 
 def subset_tag(fraction: float) -> str:
@@ -37,9 +47,24 @@ def per_class_count(fraction: float, train_size: int, num_classes: int) -> int:
     return max(1, int(math.floor(fraction * train_size / num_classes + 0.5)))
 
 
+def validation_indices(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Sorted int64 indices of the stratified validation split of ``labels`` (:data:`VAL_RULE`)."""
+    from components.data.split import stratified_split
+
+    return np.flatnonzero(stratified_split(labels, val_fraction, seed)).astype(np.int64)
+
+
+def without(count: int, excluded: np.ndarray) -> np.ndarray:
+    """Sorted int64 indices of ``range(count)`` not in ``excluded`` (the split minus validation)."""
+    keep = np.ones(count, dtype=bool)
+    keep[np.asarray(excluded, dtype=np.int64)] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
 def balanced_subsets(labels: np.ndarray, num_classes: int, fractions: Sequence[float],
-                     seed: int) -> dict[float, np.ndarray]:
-    """{fraction: sorted int64 indices into the training split} following :data:`RULE`."""
+                     seed: int, exclude: np.ndarray | None = None) -> dict[float, np.ndarray]:
+    """{fraction: sorted int64 indices into the training split} following :data:`RULE`;
+    indices in ``exclude`` (the validation split) are never chosen."""
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=num_classes)
     empty = np.flatnonzero(counts == 0)
@@ -47,7 +72,10 @@ def balanced_subsets(labels: np.ndarray, num_classes: int, fractions: Sequence[f
         raise DataError(f"training split has no images of class(es) {empty.tolist()}; "
                         f"a class-balanced subset needs every class")
     rng = np.random.default_rng(seed)
-    orders = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    allowed = np.ones(len(labels), dtype=bool)
+    if exclude is not None:
+        allowed[np.asarray(exclude, dtype=np.int64)] = False
+    orders = [rng.permutation(np.flatnonzero((labels == c) & allowed)) for c in range(num_classes)]
     subsets = {}
     for fraction in fractions:
         k = per_class_count(fraction, len(labels), num_classes)
@@ -57,12 +85,14 @@ def balanced_subsets(labels: np.ndarray, num_classes: int, fractions: Sequence[f
 
 
 def write_subsets(folder: str | Path, dataset: CanonicalDataset, fractions: Sequence[float],
-                  seed: int) -> dict[str, Any]:
-    """Write ``<tag>.txt`` files and ``manifest.json`` into ``folder`` atomically; returns the manifest."""
+                  seed: int, val_fraction: float = 0.1) -> dict[str, Any]:
+    """Write ``val.txt``, ``<tag>.txt`` files and ``manifest.json`` into ``folder`` atomically;
+    returns the manifest."""
     folder = Path(folder)
     labels = dataset.split("train").labels
     num_classes = len(dataset.classes)
-    subsets = balanced_subsets(labels, num_classes, fractions, seed)
+    val = validation_indices(labels, val_fraction, seed)
+    subsets = balanced_subsets(labels, num_classes, fractions, seed, exclude=val)
     manifest: dict[str, Any] = {
         "seed": seed,
         "content_hash": dataset.content_hash,
@@ -71,11 +101,19 @@ def write_subsets(folder: str | Path, dataset: CanonicalDataset, fractions: Sequ
         "train_size": int(len(labels)),
         "classes": dataset.classes,
         "rule": RULE,
+        "validation": {
+            "fraction": val_fraction,
+            "file": VAL_FILE,
+            "count": int(len(val)),
+            "counts_per_class": np.bincount(labels[val], minlength=num_classes).tolist(),
+            "rule": VAL_RULE,
+        },
         "subsets": {},
     }
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
+        (tmp / VAL_FILE).write_text("".join(f"{i}\n" for i in val))
         for fraction, indices in subsets.items():
             tag = subset_tag(fraction)
             (tmp / f"{tag}.txt").write_text("".join(f"{i}\n" for i in indices))
@@ -121,9 +159,7 @@ def read_subset(path: str | Path, train_size: int) -> np.ndarray:
     return indices
 
 
-def load_subset(folder: str | Path, fraction: float, dataset: CanonicalDataset) -> np.ndarray:
-    """Indices of the ``fraction`` subset, checked against the data set it was made from."""
-    folder = Path(folder)
+def _checked_manifest(folder: Path, dataset: CanonicalDataset) -> dict[str, Any]:
     manifest_path = folder / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -135,6 +171,24 @@ def load_subset(folder: str | Path, fraction: float, dataset: CanonicalDataset) 
         raise DataError(f"{manifest_path}: subsets were made for data set hash "
                         f"{str(manifest.get('content_hash'))[:12]}, not {dataset.content_hash[:12]} "
                         f"({dataset.root}); rerun the subsets stage")
+    return manifest
+
+
+def load_validation(folder: str | Path, dataset: CanonicalDataset) -> np.ndarray:
+    """Train-split indices of the versioned validation split (``val.txt``), checked against the
+    data set it was made from."""
+    folder = Path(folder)
+    manifest = _checked_manifest(folder, dataset)
+    if "validation" not in manifest:
+        raise DataError(f"{folder / MANIFEST}: no validation split (rerun the subsets stage)")
+    return read_subset(folder / manifest["validation"]["file"], len(dataset.split("train")))
+
+
+def load_subset(folder: str | Path, fraction: float, dataset: CanonicalDataset) -> np.ndarray:
+    """Indices of the ``fraction`` subset, checked against the data set it was made from."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    manifest = _checked_manifest(folder, dataset)
     tag = subset_tag(fraction)
     if tag not in manifest.get("subsets", {}):
         raise DataError(f"{manifest_path}: no subset {tag!r} (have {sorted(manifest.get('subsets', {}))})")

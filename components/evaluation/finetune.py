@@ -8,9 +8,10 @@ for the supervised baselines (same function, randomly initialised encoder). Prot
 - ``steps = max(epochs * ceil(n / batch_size), min_steps)``: a tiny subset still gets enough
   updates. Batches of fewer than 2 images are skipped (BatchNorm in train mode needs 2).
 - Crop + flip (``CropFlipAugment``) on every training batch when ``augment`` is on.
-- Each epoch logs the mean train loss and top-1 on a fixed test sample (``monitor_images``):
-  a curve to look at, never used to choose anything. The reported numbers come from the
-  final model on the full test split.
+- Each epoch logs the mean train loss and top-1 on a fixed sample (``monitor_images``) of
+  the *validation* split: the curve. The final model's validation scores are what a recipe
+  choice (:func:`choose_recipe`) reads; the test split is not an argument here at all: the
+  stage scores it once with the model this returns (:func:`score`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.config import FinetuneConfig
-from components.data.store import ImageSplit
+from components.config import FinetuneConfig, RecipeConfig
 from components.evaluation.features import adapt_images, encode
 from components.optim import WarmupCosine
 
@@ -48,10 +48,22 @@ class Classifier(nn.Module):
 
 @dataclass
 class FinetuneResult:
-    test_scores: np.ndarray  # (N_test, C) logits of the final model
+    model: Classifier  # the final model (eval mode)
+    val_scores: np.ndarray  # (N_val, C) logits of the final model on the whole validation split
+    val_top1: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0
     train_images: int = 0
+    steps: int = 0
+    epochs: int = 0
+    recipe: dict[str, Any] = field(default_factory=dict)  # the recipe actually trained
+
+
+def with_recipe(cfg: FinetuneConfig, recipe: RecipeConfig | None) -> FinetuneConfig:
+    """``cfg`` with the recipe's non-None fields substituted."""
+    if recipe is None:
+        return cfg
+    return cfg.model_copy(update={k: v for k, v in recipe.model_dump().items() if v is not None})
 
 
 def _param_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, Any]]:
@@ -94,21 +106,22 @@ def finetune(
     num_classes: int,
     images: np.ndarray,
     labels: np.ndarray,
-    test_split: ImageSplit,
+    val: Any,
     cfg: FinetuneConfig,
     in_channels: int,
     image_size: int,
     seed: int = 0,
-    epochs: int | None = None,
     name: str = "finetune",
     eval_batch_size: int = 512,
 ) -> FinetuneResult:
     """Train ``encoder`` (in place) + a new head on uint8 ``images`` (N, H, W, C) / ``labels`` (N,).
 
-    Returns the final model's logits on the whole ``test_split`` and the per-epoch history.
+    ``val`` (a :class:`~components.evaluation.holdout.SplitView` or any object with
+    ``images(indices)``, ``labels`` and ``len``) gives the per-epoch curve and the final
+    validation scores. Returns the final model, in eval mode.
     """
     started = time.perf_counter()
-    epochs = epochs or cfg.epochs
+    val_labels = np.asarray(val.labels)  # a sealed test split raises here: it cannot choose
     x_train = adapt_images(images, in_channels, image_size)
     y_train = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     n = len(x_train)
@@ -122,15 +135,15 @@ def finetune(
 
         augment = CropFlipAugment(image_size)
     steps_per_epoch = max(n // cfg.batch_size + (n % cfg.batch_size >= 2), 1)
-    total_steps = max(epochs * steps_per_epoch, cfg.min_steps)
+    total_steps = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), momentum=0.9, nesterov=True)
     # each group's lr times the per-step cosine factor (WarmupCosine with peak 1, no warm-up)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(1.0, 0, total_steps))
     monitor = np.sort(np.random.default_rng(seed).choice(
-        len(test_split), size=min(cfg.monitor_images, len(test_split)), replace=False))
-    log.info("%s: %d images, %d classes, %d steps (%d epochs of %d), augment=%s",
-             name, n, num_classes, total_steps, epochs, steps_per_epoch, cfg.augment)
+        len(val), size=min(cfg.monitor_images, len(val)), replace=False))
+    log.info("%s: %d images, %d classes, %d steps (%d epochs of %d), lr %g, augment=%s",
+             name, n, num_classes, total_steps, epochs, steps_per_epoch, cfg.lr, cfg.augment)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
@@ -158,17 +171,59 @@ def finetune(
             step += 1
         if epoch == epochs - 1:
             recalibrate_batchnorm(model, x_train, eval_batch_size)
-        monitor_scores = encode(model, test_split, monitor, in_channels, image_size, eval_batch_size)
+            monitor_top1 = None
+        else:
+            monitor_scores = encode(model, val, monitor, in_channels, image_size, eval_batch_size)
+            monitor_top1 = float((monitor_scores.argmax(1) == val_labels[monitor]).mean())
         row = {"epoch": epoch + 1, "step": step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "train_top1": correct / max(seen, 1),
-               "test_top1_monitor": float((monitor_scores.argmax(1) == test_split.labels[monitor]).mean())}
+               "train_top1": correct / max(seen, 1)}
+        if monitor_top1 is None:  # last epoch: the whole validation split, final model
+            val_scores = encode(model, val, None, in_channels, image_size, eval_batch_size)
+            val_top1 = float((val_scores.argmax(1) == val_labels).mean())
+            row["val_top1"] = val_top1
+        else:
+            row["val_top1"] = monitor_top1
         history.append(row)
-        log.info("%s: epoch %d/%d loss %.4f train_top1 %.3f test_top1(monitor %d) %.3f", name,
-                 epoch + 1, epochs, row["train_loss"], row["train_top1"], len(monitor),
-                 row["test_top1_monitor"])
-    scores = encode(model, test_split, None, in_channels, image_size, eval_batch_size)
+        log.info("%s: epoch %d/%d loss %.4f train_top1 %.3f val_top1 %.3f", name, epoch + 1,
+                 epochs, row["train_loss"], row["train_top1"], row["val_top1"])
+    model.eval()
     seconds = time.perf_counter() - started
-    log.info("%s: done in %.1f s, test_top1 %.4f", name, seconds,
-             float((scores.argmax(1) == test_split.labels).mean()))
-    return FinetuneResult(scores, history, seconds, n)
+    log.info("%s: done in %.1f s, val_top1 %.4f", name, seconds, val_top1)
+    recipe = {"epochs": epochs, "steps": total_steps, "lr": cfg.lr, "augment": cfg.augment}
+    return FinetuneResult(model, val_scores, val_top1, history, seconds, n, total_steps, epochs,
+                          recipe)
+
+
+def choose_recipe(
+    train: Any,
+    recipes: list[RecipeConfig],
+    make_encoder: Any,
+    num_classes: int,
+    val: Any,
+    cfg: FinetuneConfig,
+    in_channels: int,
+    image_size: int,
+    seed: int = 0,
+    name: str = "finetune",
+    eval_batch_size: int = 512,
+) -> tuple[FinetuneResult, list[dict[str, Any]]]:
+    """Train one fresh ``make_encoder()`` per recipe on ``train`` (a SplitView), keep the best
+    validation top-1 (ties: the earlier recipe). Returns (best result, one row per recipe)."""
+    images, labels = train.images(), train.labels
+    best, rows = None, []
+    for number, recipe in enumerate(recipes):
+        result = finetune(make_encoder(), num_classes, images, labels, val, with_recipe(cfg, recipe),
+                          in_channels, image_size, seed=seed, name=f"{name} recipe {number}",
+                          eval_batch_size=eval_batch_size)
+        rows.append({**result.recipe, "val_top1": result.val_top1, "seconds": result.seconds})
+        if best is None or result.val_top1 > best.val_top1:
+            best = result
+    assert best is not None  # recipes has at least one entry (config)
+    return best, rows
+
+
+def score(model: nn.Module, split: Any, in_channels: int, image_size: int,
+          batch_size: int = 512) -> np.ndarray:
+    """Logits (N, C) of ``model`` on every image of ``split`` (the one test scoring)."""
+    return encode(model, split, None, in_channels, image_size, batch_size)

@@ -3,13 +3,17 @@
 Protocol (documented here, used by the ``linear-eval``, ``baselines`` and ``transfer`` stages):
 
 1. Standardise features with the mean / std of the data the classifier is fitted on.
-2. Carve a stratified validation split (``val_fraction``, seeded) out of the *training* split.
+2. The validation split is the versioned one (``data/subsets/val.txt``, carved from the
+   training split by the subsets stage); :func:`fit_linear_probe` carves its own
+   (``val_fraction``, seeded, stratified) only for callers without one.
 3. For each L2 strength in ``l2_grid``: fit ``softmax(W h + b)`` by full-batch L-BFGS
    (strong-Wolfe line search) on ``mean CE + l2 * ||W||^2`` for at most ``max_iter``
-   iterations (to convergence on these sizes); score top-1 on the validation split.
+   iterations (to convergence on these sizes) on train minus validation; score top-1 on
+   validation (reported as ``<prefix>_val_top1`` for the chosen L2).
 4. Choose the L2 with the best validation accuracy (ties: the stronger regularisation).
 5. Refit on train + validation with that L2 and report the *final* model's test top-1 / top-5.
-   The test split is never used to choose anything.
+   The test split is never used to choose anything: :func:`evaluate_frozen` reads the test
+   labels (:class:`~components.evaluation.holdout.HeldOutTest`) only after the refit.
 
 The paper trains the probe with SGD for 90 epochs on augmented crops; on small, fixed feature
 matrices full-batch L-BFGS reaches the same convex optimum faster and deterministically.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,6 +102,45 @@ def _validation_split(labels: np.ndarray, val_fraction: float, seed: int) -> tup
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def choose_linear_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    l2_grid: list[float],
+    max_iter: int = 100,
+) -> LinearProbe:
+    """Choose L2 on the validation split, then refit on train + validation.
+
+    features: (N, D) float; labels: int (N,) in [0, num_classes). ``val_accuracy`` holds the
+    validation top-1 of every L2 tried (also for a one-value grid).
+    """
+    x_tr = torch.as_tensor(np.asarray(train_features), dtype=torch.float32)
+    x_va = torch.as_tensor(np.asarray(val_features), dtype=torch.float32)
+    y_tr = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
+    y_va = torch.as_tensor(np.asarray(val_labels), dtype=torch.int64)
+    grid = sorted({float(v) for v in l2_grid}, reverse=True)  # strongest first: wins ties
+    val_accuracy: dict[float, float] = {}
+    mean, std = _standardiser(x_tr)
+    z_tr, z_va = (x_tr - mean) / std, (x_va - mean) / std
+    solutions = {}
+    previous = None  # regularisation path: strongest L2 first, each warm-starts the next
+    for l2 in grid:
+        weight, bias = fit_logistic_regression(z_tr, y_tr, num_classes, l2, max_iter, init=previous)
+        previous = solutions[l2] = (weight, bias)
+        predictions = (z_va @ weight.T + bias).argmax(dim=1)
+        val_accuracy[l2] = float((predictions == y_va).float().mean())
+        log.info("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
+                 val_accuracy[l2], len(z_tr), len(z_va))
+    chosen = max(grid, key=lambda l2: val_accuracy[l2])  # first maximum = strongest L2
+    x_all, y_all = torch.cat([x_tr, x_va]), torch.cat([y_tr, y_va])
+    mean, std = _standardiser(x_all)
+    weight, bias = fit_logistic_regression((x_all - mean) / std, y_all, num_classes, chosen,
+                                           max_iter, init=solutions[chosen])
+    return LinearProbe(mean, std, weight, bias, chosen, val_accuracy)
+
+
 def fit_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,
@@ -106,36 +150,12 @@ def fit_linear_probe(
     max_iter: int = 100,
     seed: int = 0,
 ) -> LinearProbe:
-    """Select L2 on a validation split of the training data, then refit on all of it.
-
-    features: (N, D) float; labels: int (N,) in [0, num_classes).
-    """
-    x_all = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    grid = sorted({float(v) for v in l2_grid}, reverse=True)  # strongest first: wins ties
-    val_accuracy: dict[float, float] = {}
-    if len(grid) > 1:
-        tr, va = _validation_split(np.asarray(labels), val_fraction, seed)
-        mean, std = _standardiser(x_all[tr])
-        x_tr, x_va = (x_all[tr] - mean) / std, (x_all[va] - mean) / std
-        solutions = {}
-        previous = None  # regularisation path: strongest L2 first, each warm-starts the next
-        for l2 in grid:
-            weight, bias = fit_logistic_regression(x_tr, y_all[tr], num_classes, l2, max_iter,
-                                                   init=previous)
-            previous = solutions[l2] = (weight, bias)
-            predictions = (x_va @ weight.T + bias).argmax(dim=1)
-            val_accuracy[l2] = float((predictions == y_all[va]).float().mean())
-            log.info("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
-                     val_accuracy[l2], len(tr), len(va))
-        chosen = max(grid, key=lambda l2: val_accuracy[l2])  # first maximum = strongest L2
-        start = solutions[chosen]
-    else:
-        chosen, start = grid[0], None
-    mean, std = _standardiser(x_all)
-    weight, bias = fit_logistic_regression((x_all - mean) / std, y_all, num_classes, chosen, max_iter,
-                                           init=start)
-    return LinearProbe(mean, std, weight, bias, chosen, val_accuracy)
+    """:func:`choose_linear_probe` on a validation split carved from ``features`` (for callers
+    without a versioned one); features (N, D), labels int (N,)."""
+    features, labels = np.asarray(features), np.asarray(labels)
+    tr, va = _validation_split(labels, val_fraction, seed)
+    return choose_linear_probe(features[tr], labels[tr], features[va], labels[va], num_classes,
+                               l2_grid, max_iter)
 
 
 @dataclass
@@ -150,27 +170,40 @@ class FrozenEvaluation:
 def evaluate_frozen(
     train_features: np.ndarray,
     train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
     test_features: np.ndarray,
-    test_labels: np.ndarray,
+    test: Any,
     num_classes: int,
     cfg: EvaluateConfig,
     prefix: str,
-    seed: int = 0,
     knn_name: str | None = None,
 ) -> FrozenEvaluation:
-    """``{prefix}_top1/_top5`` (+ ``{prefix}_l2``) of the linear probe; ``knn_name`` adds kNN top-1."""
+    """``{prefix}_val_top1`` (chosen L2, fitted on train) and ``{prefix}_top1/_top5`` (test, the
+    final probe refitted on train + val), ``l2_{prefix}``; ``knn_name`` adds kNN top-1 on test
+    and ``{knn_name}`` with ``_top1`` -> ``_val_top1`` on validation (bank: train).
+
+    ``test`` holds the test labels: a :class:`~components.evaluation.holdout.HeldOutTest`
+    (read once, after the probe is final) or a plain label array.
+    """
     from components.evaluation.knn import knn_top1
     from components.evaluation.metrics import classification_metrics
 
     lin = cfg.linear
-    probe = fit_linear_probe(train_features, train_labels, num_classes, lin.l2_grid,
-                             lin.val_fraction, lin.epochs, seed)
-    scores = probe.scores(test_features)
-    metrics = classification_metrics(scores, test_labels, prefix)
-    metrics[f"l2_{prefix}"] = probe.l2
+    probe = choose_linear_probe(train_features, train_labels, val_features, val_labels,
+                                num_classes, lin.l2_grid, lin.epochs)
+    metrics = {f"{prefix}_val_top1": probe.val_accuracy[probe.l2], f"l2_{prefix}": probe.l2}
+    knn = {"k": cfg.knn.k, "temperature": cfg.knn.temperature, "num_classes": num_classes}
     if knn_name:
-        metrics[knn_name] = knn_top1(train_features, train_labels, test_features, test_labels,
-                                     k=cfg.knn.k, temperature=cfg.knn.temperature,
-                                     num_classes=num_classes)
+        metrics[knn_name.replace("_top1", "_val_top1")] = knn_top1(
+            train_features, train_labels, val_features, val_labels, **knn)
+    # every choice is made: now, and only now, the test labels
+    test_labels = test.final_labels() if hasattr(test, "final_labels") else np.asarray(test)
+    scores = probe.scores(test_features)
+    metrics.update(classification_metrics(scores, test_labels, prefix))
+    if knn_name:
+        bank = np.concatenate([train_features, val_features])
+        metrics[knn_name] = knn_top1(bank, np.concatenate([train_labels, val_labels]),
+                                     test_features, test_labels, **knn)
     log.info("%s: %s", prefix, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return FrozenEvaluation(probe, scores, metrics)

@@ -70,16 +70,17 @@ def plot_per_class(series: Mapping[str, np.ndarray], classes: Sequence[str], pat
 
 
 def plot_curves(histories: Mapping[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
-    """Per-epoch train loss (left) and monitored test top-1 (right) of each run."""
+    """Per-epoch train loss (left) and validation top-1 (right) of each run."""
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in histories.items():
         epochs = [row["epoch"] for row in rows]
         left.plot(epochs, [row["train_loss"] for row in rows], marker=".", label=name)
-        right.plot(epochs, [row["test_top1_monitor"] for row in rows], marker=".", label=name)
+        right.plot(epochs, [row["val_top1"] for row in rows], marker=".", label=name)
     left.set(xlabel="epoch", ylabel="train loss", title=f"{title}: train loss")
-    right.set(xlabel="epoch", ylabel="test top-1 (monitor sample)", title=f"{title}: test top-1")
+    right.set(xlabel="epoch", ylabel="validation top-1 (sample; last: all)",
+              title=f"{title}: validation top-1")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     return save_figure(fig, path)

@@ -1,11 +1,18 @@
 """Stage ``baselines``: what SimCLR's numbers are compared against, on the same splits.
 
-- ``random_linear_top1/_top5``, ``random_knn_top1``: the linear probe / kNN of the same encoder
+Every number comes in pairs: ``*_val_top1`` on the versioned validation split
+(``data/subsets/val.txt``: what chose the L2 or the recipe) and ``*_top1/_top5`` on the test
+split, scored once from the final model.
+
+- ``random_linear_*``, ``random_knn_*``: the linear probe / kNN of the same encoder
   architecture, randomly initialised (seed ``cfg.seed``).
-- ``pixels_linear_top1/_top5``: the linear probe on raw pixels (scaled to [0, 1]).
-- ``supervised_<tag>_top1/_top5``: the same architecture trained from random init with the
-  fine-tuning recipe on the same label subsets; ``supervised_100pct_*`` on every training
-  label for ``cfg.evaluate.supervised_full_epochs`` epochs.
+- ``pixels_linear_*``: the linear probe on raw pixels (scaled to [0, 1]).
+- ``supervised_<tag>_*``: the same architecture trained from random init on the same label
+  subset; ``supervised_100pct_*`` on every training label outside the validation split. Each
+  tries every recipe of ``cfg.evaluate.supervised`` (``recipes`` for subsets, ``full_recipes``
+  for 100%, epochs default ``evaluate.supervised_full_epochs``) under the fine-tuning budget
+  rule and keeps the best on validation; ``epochs_/steps_/lr_/augment_supervised_<tag>``
+  record the recipe kept, ``history.json`` every recipe tried.
 
 Does not need the pretrained encoder; the input size and channels are the data set's.
 """
@@ -17,11 +24,12 @@ import time
 
 import numpy as np
 
-from components.config import PipelineConfig
-from components.data.subsets import load_subset
+from components.config import PipelineConfig, RecipeConfig
+from components.data.subsets import load_subset, load_validation, without
 from components.evaluation.features import FeatureCache, module_digest
-from components.evaluation.finetune import finetune
-from components.evaluation.inputs import open_labelled_dataset, random_encoder, subsample
+from components.evaluation.finetune import choose_recipe, score
+from components.evaluation.holdout import HeldOutTest, SplitView, probe_indices, train_val_features
+from components.evaluation.inputs import open_labelled_dataset, random_encoder
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import classification_metrics
 from components.evaluation.plots import plot_curves
@@ -37,7 +45,8 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     paths = StagePaths.of(cfg)
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
     subsets = {subset_tag(f): load_subset(paths.subsets, f, dataset) for f in cfg.subsets.fractions}
-    train, test = dataset.split("train"), dataset.split("test")
+    val_idx = load_validation(paths.subsets, dataset)
+    train, test = dataset.split("train"), HeldOutTest(dataset)
     height, _, channels = dataset.image_shape
     classes = dataset.classes
     metrics: dict[str, float] = {}
@@ -48,34 +57,54 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     digest = module_digest(encoder, {"model": cfg.model.model_dump(mode="json"), "seed": cfg.seed,
                                      "in_channels": channels, "image_size": height})
     cache = FeatureCache(cfg.evaluate.cache_dir)
-    train_idx = subsample(len(train), cfg.evaluate.linear.max_train_images, cfg.seed)
-    train_y = train.labels if train_idx is None else train.labels[train_idx]
+    fit = probe_indices(len(train), val_idx, cfg.evaluate.linear.max_train_images, cfg.seed)
+    fit_y, val_y = train.labels[fit], train.labels[val_idx]
     common = {"in_channels": channels, "image_size": height, "batch_size": cfg.evaluate.batch_size}
-    train_h = cache.features(encoder, digest, dataset, "train", indices=train_idx, **common)
+    fit_h, val_h = train_val_features(cache, encoder, digest, dataset, fit, val_idx, **common)
     test_h = cache.features(encoder, digest, dataset, "test", **common)
-    metrics.update(evaluate_frozen(train_h, train_y, test_h, test.labels, len(classes), cfg.evaluate,
-                                   "random_linear", cfg.seed, knn_name="random_knn_top1").metrics)
-    pixels_train = train.images(train_idx).reshape(len(train_y), -1).astype(np.float32) / 255.0
-    pixels_test = test.images().reshape(len(test), -1).astype(np.float32) / 255.0
-    metrics.update(evaluate_frozen(pixels_train, train_y, pixels_test, test.labels, len(classes),
-                                   cfg.evaluate, "pixels_linear", cfg.seed).metrics)
-    del pixels_train, pixels_test
+    metrics.update(evaluate_frozen(fit_h, fit_y, val_h, val_y, test_h, test, len(classes),
+                                   cfg.evaluate, "random_linear",
+                                   knn_name="random_knn_top1").metrics)
+
+    def pixels(images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+    metrics.update(evaluate_frozen(pixels(train.images(fit)), fit_y, pixels(train.images(val_idx)),
+                                   val_y, pixels(test.images()), test, len(classes), cfg.evaluate,
+                                   "pixels_linear").metrics)
     timings["seconds_baselines_frozen"] = time.perf_counter() - started
 
-    # supervised from random init on the same label sets
-    label_sets = {tag: (idx, None) for tag, idx in subsets.items()}
-    label_sets["100pct"] = (np.arange(len(train)), cfg.evaluate.supervised_full_epochs)
-    histories = {}
-    for tag, (indices, epochs) in label_sets.items():
-        model = random_encoder(cfg.model, channels, height, cfg.seed)
-        result = finetune(model, len(classes), train.images(indices), train.labels[indices], test,
-                          cfg.evaluate.finetune, channels, height, seed=cfg.seed, epochs=epochs,
-                          name=f"supervised {tag}", eval_batch_size=cfg.evaluate.batch_size)
-        metrics.update(classification_metrics(result.test_scores, test.labels, f"supervised_{tag}"))
-        metrics[f"images_supervised_{tag}"] = float(result.train_images)
-        timings[f"seconds_supervised_{tag}"] = result.seconds
-        histories[tag] = result.history
-    artifacts = [plot_curves(histories, out / "curves.png", "Supervised from random init"),
-                 write_json(out / "history.json", histories)]
+    # supervised from random init on the same label sets, recipe chosen on validation
+    sup = cfg.evaluate.supervised
+    full = [r.model_copy(update={"epochs": r.epochs or cfg.evaluate.supervised_full_epochs})
+            for r in sup.full_recipes]
+    label_sets: dict[str, tuple[np.ndarray, list[RecipeConfig]]] = {
+        tag: (idx, sup.recipes) for tag, idx in subsets.items()}
+    label_sets["100pct"] = (without(len(train), val_idx), full)
+    val = SplitView(train, val_idx)
+    record = {}
+    for tag, (indices, recipes) in label_sets.items():
+        best, tried = choose_recipe(
+            SplitView(train, indices), recipes, lambda: random_encoder(cfg.model, channels, height, cfg.seed),
+            len(classes), val, cfg.evaluate.finetune, channels, height, seed=cfg.seed,
+            name=f"supervised {tag}", eval_batch_size=cfg.evaluate.batch_size)
+        test_scores = score(best.model, test, channels, height, cfg.evaluate.batch_size)
+        metrics[f"supervised_{tag}_val_top1"] = best.val_top1
+        metrics.update(classification_metrics(test_scores, test.final_labels(), f"supervised_{tag}"))
+        metrics[f"images_supervised_{tag}"] = float(best.train_images)
+        metrics[f"epochs_supervised_{tag}"] = float(best.epochs)
+        metrics[f"steps_supervised_{tag}"] = float(best.steps)
+        metrics[f"lr_supervised_{tag}"] = float(best.recipe["lr"])
+        metrics[f"augment_supervised_{tag}"] = float(best.recipe["augment"])
+        timings[f"seconds_supervised_{tag}"] = sum(row["seconds"] for row in tried)
+        record[tag] = {"recipes_tried": [{k: v for k, v in row.items() if k != "seconds"}
+                                         for row in tried],
+                       "chosen": best.recipe, "history": best.history}
+        log.info("supervised %s: recipe %s (val top1 %.4f) -> test top1 %.4f", tag, best.recipe,
+                 best.val_top1, metrics[f"supervised_{tag}_top1"])
+    artifacts = [plot_curves({tag: r["history"] for tag, r in record.items()}, out / "curves.png",
+                             "Supervised from random init (recipe chosen on validation)"),
+                 write_json(out / "history.json", record)]
     return StageResult(metrics=metrics, timings=timings, artifacts=artifacts,
-                       history=[{"subset": tag, **row} for tag, rows in histories.items() for row in rows])
+                       history=[{"subset": tag, **row} for tag, r in record.items()
+                                for row in r["history"]])

@@ -2,10 +2,12 @@
 
 For each fraction in ``cfg.subsets.fractions``: the pretrained encoder plus a linear head,
 trained on exactly the images of ``data/subsets/<tag>.txt`` (checked against the data set's
-hash), evaluated on the full test split. Writes ``outputs/finetune/metrics.json``
-(``finetune_<tag>_top1``, ``finetune_<tag>_top5``, ``finetune_<tag>_train_images``),
-``history.json`` (per-epoch curves and the subset's index digest), ``curves.png`` and a
-confusion matrix per subset. Protocol: :mod:`components.evaluation.finetune`.
+hash), monitored on the versioned validation split (``data/subsets/val.txt``), then the final
+model scored once on the full test split. Writes ``outputs/finetune/metrics.json``
+(``finetune_<tag>_val_top1``; test: ``finetune_<tag>_top1``, ``finetune_<tag>_top5``;
+``images_finetune_<tag>``, ``epochs_finetune_<tag>``, ``steps_finetune_<tag>``),
+``history.json`` (per-epoch curves on validation and the subset's index digest),
+``curves.png`` and a confusion matrix per subset. Protocol: :mod:`components.evaluation.finetune`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import logging
 
 from components.config import PipelineConfig
-from components.data.subsets import load_subset
-from components.evaluation.finetune import finetune
+from components.data.subsets import load_subset, load_validation
+from components.evaluation.finetune import finetune, score
+from components.evaluation.holdout import HeldOutTest, SplitView
 from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset
 from components.evaluation.metrics import classification_metrics, confusion
 from components.evaluation.plots import plot_confusion, plot_curves
@@ -30,7 +33,8 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     encoder_path = paths.encoder
     load_pretrained_encoder(encoder_path, cfg.model)  # fail fast, before any training
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
-    train, test = dataset.split("train"), dataset.split("test")
+    train, test = dataset.split("train"), HeldOutTest(dataset)
+    val = SplitView(train, load_validation(paths.subsets, dataset))
     subsets = {subset_tag(f): load_subset(paths.subsets, f, dataset) for f in cfg.subsets.fractions}
     files = {subset_tag(f): paths.subset_file(f) for f in cfg.subsets.fractions}
     classes = dataset.classes
@@ -40,17 +44,23 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     artifacts = []
     for tag, indices in subsets.items():
         encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)  # fresh copy per subset
-        result = finetune(encoder, len(classes), train.images(indices), train.labels[indices], test,
+        result = finetune(encoder, len(classes), train.images(indices), train.labels[indices], val,
                           cfg.evaluate.finetune, spec.in_channels, spec.image_size, seed=cfg.seed,
                           name=f"finetune {tag}", eval_batch_size=cfg.evaluate.batch_size)
-        metrics.update(classification_metrics(result.test_scores, test.labels, f"finetune_{tag}"))
+        test_scores = score(result.model, test, spec.in_channels, spec.image_size,
+                            cfg.evaluate.batch_size)
+        test_labels = test.final_labels()  # the model is final: reporting only from here
+        metrics[f"finetune_{tag}_val_top1"] = result.val_top1
+        metrics.update(classification_metrics(test_scores, test_labels, f"finetune_{tag}"))
         metrics[f"images_finetune_{tag}"] = float(result.train_images)
+        metrics[f"epochs_finetune_{tag}"] = float(result.epochs)
+        metrics[f"steps_finetune_{tag}"] = float(result.steps)
         timings[f"seconds_finetune_{tag}"] = result.seconds
         record[tag] = {"subset_file": str(files[tag]),
                        "train_images": result.train_images, "indices_sha256": indices_sha256(indices),
-                       "history": result.history}
-        predictions = result.test_scores.argmax(axis=1)
-        artifacts.append(plot_confusion(confusion(test.labels, predictions, len(classes)), classes,
+                       "recipe": result.recipe, "history": result.history}
+        predictions = test_scores.argmax(axis=1)
+        artifacts.append(plot_confusion(confusion(test_labels, predictions, len(classes)), classes,
                                         out / f"confusion_{tag}.png",
                                         f"Fine-tuned on {tag} labels: confusion (test)"))
     artifacts.append(plot_curves({tag: r["history"] for tag, r in record.items()},

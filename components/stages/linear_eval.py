@@ -2,8 +2,10 @@
 
 Reads ``outputs/pretrain/encoder.pt`` and the canonical data set of ``cfg.data.source``;
 features come from the feature cache (``cfg.evaluate.cache_dir``). Writes
-``outputs/linear-eval/metrics.json`` (``linear_top1``, ``linear_top5``, ``l2_linear``,
-``knn_top1``), a confusion matrix, per-class accuracy and a 2-D embedding map of test images.
+``outputs/linear-eval/metrics.json``: on the versioned validation split (``data/subsets/val.txt``,
+which chooses the L2) ``linear_val_top1`` and ``knn_val_top1``; on the test split, scored once
+with the final probe, ``linear_top1``, ``linear_top5`` and ``knn_top1``; and ``l2_linear``.
+Also a confusion matrix, per-class accuracy and a 2-D embedding map of test images.
 Protocol: :mod:`components.evaluation.linear`.
 """
 
@@ -12,8 +14,10 @@ from __future__ import annotations
 import logging
 
 from components.config import PipelineConfig
+from components.data.subsets import load_validation
 from components.evaluation.features import FeatureCache
-from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset, subsample
+from components.evaluation.holdout import HeldOutTest, probe_indices, train_val_features
+from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion, per_class_accuracy
 from components.evaluation.plots import plot_confusion, plot_embedding, plot_per_class
@@ -29,31 +33,34 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     encoder_path = paths.encoder
     encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)
     dataset = open_labelled_dataset(paths.dataset(cfg.data.source))
-    train, test = dataset.split("train"), dataset.split("test")
+    train, test = dataset.split("train"), HeldOutTest(dataset)
+    val = load_validation(paths.subsets, dataset)
+    fit = probe_indices(len(train), val, cfg.evaluate.linear.max_train_images, cfg.seed)
     cache = FeatureCache(cfg.evaluate.cache_dir)
     digest = file_sha256(encoder_path)
-    train_idx = subsample(len(train), cfg.evaluate.linear.max_train_images, cfg.seed)
     common = {"in_channels": spec.in_channels, "image_size": spec.image_size,
               "batch_size": cfg.evaluate.batch_size}
-    train_h = cache.features(encoder, digest, dataset, "train", indices=train_idx, **common)
+    fit_h, val_h = train_val_features(cache, encoder, digest, dataset, fit, val, **common)
     test_h = cache.features(encoder, digest, dataset, "test", **common)
-    train_y = train.labels if train_idx is None else train.labels[train_idx]
     classes = dataset.classes
-    result = evaluate_frozen(train_h, train_y, test_h, test.labels, len(classes), cfg.evaluate,
-                             "linear", cfg.seed, knn_name="knn_top1")
+    result = evaluate_frozen(fit_h, train.labels[fit], val_h, train.labels[val], test_h, test,
+                             len(classes), cfg.evaluate, "linear", knn_name="knn_top1")
+    test_labels = test.final_labels()  # the probe is final: reporting only from here
     predictions = result.test_scores.argmax(axis=1)
     artifacts = [
-        plot_confusion(confusion(test.labels, predictions, len(classes)), classes,
+        plot_confusion(confusion(test_labels, predictions, len(classes)), classes,
                        out / "confusion.png", "Linear evaluation: confusion (test)"),
-        plot_per_class({"SimCLR linear probe": per_class_accuracy(test.labels, predictions, len(classes))},
+        plot_per_class({"SimCLR linear probe": per_class_accuracy(test_labels, predictions, len(classes))},
                        classes, out / "per_class.png", "Linear evaluation: per-class accuracy"),
-        plot_embedding(test_h, test.labels, classes, out / "embedding.png",
+        plot_embedding(test_h, test_labels, classes, out / "embedding.png",
                        cfg.evaluate.embedding_method, cfg.evaluate.embedding_points, cfg.seed),
     ]
     metrics = dict(result.metrics)
-    metrics["images_linear"] = float(len(train_y))
-    log.info("linear-eval: top1 %.4f top5 %.4f knn %.4f (l2 %g)", metrics["linear_top1"],
-             metrics["linear_top5"], metrics["knn_top1"], metrics["l2_linear"])
+    metrics["images_linear"] = float(len(fit))
+    metrics["images_linear_val"] = float(len(val))
+    log.info("linear-eval: val top1 %.4f; test top1 %.4f top5 %.4f knn %.4f (l2 %g)",
+             metrics["linear_val_top1"], metrics["linear_top1"], metrics["linear_top5"],
+             metrics["knn_top1"], metrics["l2_linear"])
     return StageResult(metrics=metrics, artifacts=artifacts,
                        tags={"encoder_sha256": digest, "dataset_content_hash": dataset.content_hash,
                              "feature_cache_hits": str(cache.stats["hits"])})

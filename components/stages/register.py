@@ -32,7 +32,7 @@ from components.stage_api import (
     StageResult,
     read_metrics,
 )
-from components.tracking.gate import GateDecision
+from components.tracking.gate import GateDecision, paired_test_metric
 from components.tracking.lineage import lineage_tags
 from components.tracking.registry import (
     CHAMPION,
@@ -89,9 +89,13 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         "arch": spec.model.arch if hasattr(spec.model, "arch") else str(spec.model),
         "feature_dim": str(getattr(encoder, "feature_dim", "")),
         "input": f"float32 (B,{spec.in_channels},{spec.image_size},{spec.image_size}) in [0,1]",
+        # which number decided (validation) and its test counterpart (reported only)
+        "gate_metric": gate.metric,
+        "gate_metric_test": paired_test_metric(gate.metric),
     })
     headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)
-                         if k == gate.metric or k.startswith(("linear_", "finetune_", "transfer_")))
+                         if k in (gate.metric, tags["gate_metric_test"])
+                         or k.startswith(("linear_", "finetune_", "transfer_")))
     description = (f"SimCLR encoder ({tags['arch']}, {tags['feature_dim']}-d features) pretrained "
                    f"by Ray run {tags['ray_run_name'] or '?'} at git {tags.get('git_commit', '?')[:12]}"
                    f"; {headline or 'no evaluation metrics'}")

@@ -3,7 +3,10 @@
 For each transfer source (ingested to ``data/transfer/<name>``): images are adapted to the
 encoder's input (bilinear resize, RGB <-> grey), then the linear probe of the frozen encoder
 (``transfer_<name>_top1/_top5``) next to the same probe on a randomly initialised encoder of
-the same architecture (``random_transfer_<name>_top1/_top5``). With
+the same architecture (``random_transfer_<name>_top1/_top5``), each with its ``*_val_top1``.
+A transfer data set has no versioned validation split: the probe's L2 is chosen on a seeded,
+stratified ``evaluate.linear.val_fraction`` of its training split (the same rule as
+``data/subsets/val.txt``); its test split is scored once, by the final probe. With
 ``cfg.evaluate.transfer_finetune`` also fine-tuning on the transfer training split
 (``transfer_<name>_finetune_top1``) against training from random init
 (``supervised_transfer_<name>_top1``). Writes ``outputs/transfer/metrics.json`` and a
@@ -15,13 +18,14 @@ from __future__ import annotations
 import logging
 
 from components.config import PipelineConfig
+from components.data.subsets import validation_indices, without
 from components.evaluation.features import FeatureCache, module_digest
-from components.evaluation.finetune import finetune
+from components.evaluation.finetune import finetune, score
+from components.evaluation.holdout import HeldOutTest, SplitView, probe_indices, train_val_features
 from components.evaluation.inputs import (
     load_pretrained_encoder,
     open_labelled_dataset,
     random_encoder,
-    subsample,
 )
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import confusion
@@ -55,34 +59,38 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     artifacts = []
     for name, dataset in datasets.items():
         slug = metric_slug(name)
-        train, test = dataset.split("train"), dataset.split("test")
+        train, test = dataset.split("train"), HeldOutTest(dataset)
         classes = dataset.classes
-        train_idx = subsample(len(train), cfg.evaluate.linear.max_train_images, cfg.seed)
-        train_y = train.labels if train_idx is None else train.labels[train_idx]
-        log.info("transfer %s: %d train / %d test images %s -> encoder input %dx%dx%d",
-                 name, len(train_y), len(test), dataset.image_shape, spec.image_size,
+        val_idx = validation_indices(train.labels, cfg.evaluate.linear.val_fraction, cfg.seed)
+        fit = probe_indices(len(train), val_idx, cfg.evaluate.linear.max_train_images, cfg.seed)
+        log.info("transfer %s: %d train / %d val / %d test images %s -> encoder input %dx%dx%d",
+                 name, len(fit), len(val_idx), len(test), dataset.image_shape, spec.image_size,
                  spec.image_size, spec.in_channels)
         for prefix, (model, digest) in encoders.items():
-            train_h = cache.features(model, digest, dataset, "train", indices=train_idx, **common)
+            fit_h, val_h = train_val_features(cache, model, digest, dataset, fit, val_idx, **common)
             test_h = cache.features(model, digest, dataset, "test", **common)
-            result = evaluate_frozen(train_h, train_y, test_h, test.labels, len(classes),
-                                     cfg.evaluate, f"{prefix}_{slug}", cfg.seed)
+            result = evaluate_frozen(fit_h, train.labels[fit], val_h, train.labels[val_idx], test_h,
+                                     test, len(classes), cfg.evaluate, f"{prefix}_{slug}")
             metrics.update(result.metrics)
             if prefix == "transfer":
                 predictions = result.test_scores.argmax(axis=1)
                 artifacts.append(plot_confusion(
-                    confusion(test.labels, predictions, len(classes)), classes,
+                    confusion(test.final_labels(), predictions, len(classes)), classes,
                     out / f"confusion_{slug}.png", f"Transfer linear eval on {name}: confusion"))
         if cfg.evaluate.transfer_finetune:
-            images, labels = train.images(), train.labels
+            rest = SplitView(train, without(len(train), val_idx))
+            val = SplitView(train, val_idx)
             runs = {f"transfer_{slug}_finetune": load_pretrained_encoder(encoder_path, cfg.model)[0],
                     f"supervised_transfer_{slug}": random_encoder(spec.model, spec.in_channels,
                                                                   spec.image_size, cfg.seed)}
             for prefix, model in runs.items():
-                result = finetune(model, len(classes), images, labels, test, cfg.evaluate.finetune,
-                                  spec.in_channels, spec.image_size, seed=cfg.seed, name=prefix,
-                                  eval_batch_size=cfg.evaluate.batch_size)
-                metrics[f"{prefix}_top1"] = float((result.test_scores.argmax(1) == test.labels).mean())
+                tuned = finetune(model, len(classes), rest.images(), rest.labels, val,
+                                 cfg.evaluate.finetune, spec.in_channels, spec.image_size,
+                                 seed=cfg.seed, name=prefix, eval_batch_size=cfg.evaluate.batch_size)
+                test_scores = score(tuned.model, test, spec.in_channels, spec.image_size,
+                                    cfg.evaluate.batch_size)
+                metrics[f"{prefix}_val_top1"] = tuned.val_top1
+                metrics[f"{prefix}_top1"] = float((test_scores.argmax(1) == test.final_labels()).mean())
     return StageResult(metrics=metrics, artifacts=artifacts,
                        tags={f"transfer.{name}.content_hash": ds.content_hash
                              for name, ds in datasets.items()})

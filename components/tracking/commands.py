@@ -1,6 +1,6 @@
 """Registry and run-maintenance subcommands of ``simclr`` (wired in by the ``simclr`` CLI, ``components.stages.cli``).
 
-    simclr models                 # versions, aliases, headline metrics
+    simclr models                 # versions, aliases, gate metric (val) + test, what decided
     simclr promote 3              # champion -> 3, old champion -> previous-champion
     simclr rollback               # champion -> the one before it (also after a move in the MLflow UI)
     simclr sweep-runs [--older-than 86400]   # RUNNING runs of dead processes -> FAILED
@@ -27,16 +27,21 @@ def _models(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 
 def format_table(rows: list[dict], gate_metric: str) -> str:
-    """Plain-text table: version, aliases, the gate metric and a few others, git commit, run."""
+    """Plain-text table: version, aliases, the gate metric (validation) and its test counterpart,
+    a few others, which metric decided each version's gate (``decided by``), git commit, run."""
+    from components.tracking.gate import paired_test_metric
+
     names = sorted({k for row in rows for k in row["metrics"]})
-    chosen = ([gate_metric] if gate_metric in names else []) + \
-        [n for n in names if n != gate_metric and "." not in n][:TABLE_METRICS - 1]
-    header = ["version", "aliases", *chosen, "git", "run", "decision"]
+    first = [n for n in (gate_metric, paired_test_metric(gate_metric)) if n in names]
+    chosen = first + [n for n in names if n not in first and "." not in n][:TABLE_METRICS - len(first)]
+    header = ["version", "aliases", *chosen, "decided by", "git", "run", "decision"]
     lines = [header]
     for row in rows:
+        decided = (f"{row['gate_metric']} ({row['gate']})" if row.get("gate_metric")
+                   else row.get("gate") or "-")
         lines.append([row["version"], ",".join(row["aliases"]) or "-",
                       *(f"{row['metrics'][n]:.4f}" if n in row["metrics"] else "-" for n in chosen),
-                      row["git_commit"][:8] or "-", (row["run_id"] or "-")[:12],
+                      decided, row["git_commit"][:8] or "-", (row["run_id"] or "-")[:12],
                       row.get("decision", "-")])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))

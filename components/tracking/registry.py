@@ -335,7 +335,9 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
                      "decision": displayed_decision(version, version_aliases, history),
                      "metrics": version_metrics(version) or {},
                      "run_id": version.run_id, "created": version.creation_timestamp,
-                     "git_commit": version.tags.get("git_commit", "")})
+                     "git_commit": version.tags.get("git_commit", ""),
+                     "gate": version.tags.get("gate", ""),
+                     "gate_metric": version.tags.get("gate_metric", "")})
     return sorted(rows, key=lambda row: int(row["version"]), reverse=True)
 
 

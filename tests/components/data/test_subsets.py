@@ -8,6 +8,7 @@ from components.data.sources import ingest_sources
 from components.data.subsets import (
     balanced_subsets,
     load_subset,
+    load_validation,
     per_class_count,
     read_subset,
     subset_tag,
@@ -62,7 +63,8 @@ def test_write_and_read_subsets(tmp_path, small_dataset):
     folder = tmp_path / "subsets"
     manifest = write_subsets(folder, small_dataset, [0.1, 0.5], seed=0)
     train = small_dataset.split("train")
-    assert sorted(p.name for p in folder.iterdir()) == ["10pct.txt", "50pct.txt", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["10pct.txt", "50pct.txt", "manifest.json",
+                                                        "val.txt"]
     assert json.loads((folder / "manifest.json").read_text()) == manifest
     assert manifest["content_hash"] == small_dataset.content_hash
     entry = manifest["subsets"]["10pct"]
@@ -73,7 +75,7 @@ def test_write_and_read_subsets(tmp_path, small_dataset):
     assert np.array_equal(load_subset(folder, 0.1, small_dataset), indices)
     # rewriting replaces the folder: stale tags disappear, no temporary folders stay
     write_subsets(folder, small_dataset, [0.01], seed=0)
-    assert sorted(p.name for p in folder.iterdir()) == ["1pct.txt", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["1pct.txt", "manifest.json", "val.txt"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -105,3 +107,24 @@ def test_load_subset_refuses_another_data_set(tmp_path, small_dataset):
         load_subset(tmp_path / "subsets", 0.1, small_dataset)
     with pytest.raises(DataError, match="not found"):
         load_subset(tmp_path / "nothing", 0.1, small_dataset)
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint_from_every_subset(tmp_path, small_dataset):
+    folder = tmp_path / "subsets"
+    manifest = write_subsets(folder, small_dataset, [0.1, 1.0], seed=0, val_fraction=0.2)
+    labels = small_dataset.split("train").labels
+    val = load_validation(folder, small_dataset)
+    per_class = np.bincount(labels, minlength=10)
+    assert np.bincount(labels[val], minlength=10).tolist() == \
+        [int(np.floor(0.2 * n + 0.5)) for n in per_class]  # stratified: round(0.2 n_c) per class
+    entry = manifest["validation"]
+    assert entry["file"] == "val.txt" and entry["count"] == len(val) and entry["fraction"] == 0.2
+    assert entry["counts_per_class"] == np.bincount(labels[val], minlength=10).tolist()
+    for fraction in (0.1, 1.0):  # 100% of the labels = every training image outside val
+        assert not set(load_subset(folder, fraction, small_dataset)) & set(val)
+    assert len(load_subset(folder, 1.0, small_dataset)) == len(labels) - len(val)
+    again = write_subsets(tmp_path / "again", small_dataset, [0.1], seed=0, val_fraction=0.2)
+    assert again["validation"] == entry
+    other = write_subsets(tmp_path / "other", small_dataset, [0.1], seed=1, val_fraction=0.2)
+    assert not np.array_equal(load_validation(tmp_path / "other", small_dataset), val)
+    assert other["validation"]["counts_per_class"] == entry["counts_per_class"]

@@ -132,7 +132,8 @@ def build_project(tmp: Path, transfer: list[dict[str, Any]] | None = None,
         else:
             write_rgb16(paths.transfer_dataset(source), source.name)
     if with_subsets:
-        write_subsets(paths.subsets, dataset, cfg.subsets.fractions, cfg.subsets.seed)
+        write_subsets(paths.subsets, dataset, cfg.subsets.fractions, cfg.subsets.seed,
+                      cfg.subsets.val_fraction)
     if with_encoder:
         save_random_encoder(paths.stage_dir("pretrain") / "encoder.pt", seed=1)  # != baselines
     params_file = tmp / "params.yaml"

@@ -67,9 +67,9 @@ def test_probe_matches_sklearn_logistic_regression():
     assert ours > 0.9
 
 
-def test_single_l2_skips_selection():
+def test_single_l2_is_still_scored_on_validation():
     x = np.random.default_rng(0).normal(size=(40, 3))
     y = (x[:, 0] > 0).astype(int)
     probe = fit_linear_probe(x, y, 2, l2_grid=[1e-3])
-    assert probe.l2 == 1e-3 and probe.val_accuracy == {}
+    assert probe.l2 == 1e-3 and list(probe.val_accuracy) == [1e-3]  # still scored: val_top1
     assert (probe.scores(x).argmax(1) == y).mean() > 0.9

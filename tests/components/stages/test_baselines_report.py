@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from components.data.subsets import load_validation
+from components.evaluation.inputs import open_labelled_dataset
 from components.evaluation.report import gains, results_rows
 from components.stage_api import StagePaths
 from components.stages.cli import main
@@ -22,7 +24,12 @@ def test_baselines_then_report(tmp_path, capsys):
                  "pixels_linear_top5", "supervised_1pct_top1", "supervised_10pct_top1",
                  "supervised_100pct_top1"):
         assert 0.0 <= baselines[name] <= 1.0, name
-    assert baselines["images_supervised_1pct"] == 10 and baselines["images_supervised_100pct"] == 600
+    val = len(load_validation(paths.subsets, open_labelled_dataset(paths.dataset(cfg.data.source))))
+    assert baselines["images_supervised_1pct"] == 10
+    assert baselines["images_supervised_100pct"] == 600 - val  # every training label outside val
+    for tag in ("1pct", "10pct", "100pct"):  # each with its validation score and its budget
+        assert 0.0 <= baselines[f"supervised_{tag}_val_top1"] <= 1.0
+        assert baselines[f"epochs_supervised_{tag}"] >= 1 and baselines[f"steps_supervised_{tag}"] >= 1
     assert baselines["pixels_linear_top1"] > 0.6  # raw-pixel logistic regression on 600 images
     assert (paths.stage_dir("baselines") / "curves.png").is_file()
 
@@ -41,6 +48,8 @@ def test_baselines_then_report(tmp_path, capsys):
     gain = 100 * (0.6 - baselines["supervised_1pct_top1"])
     assert "`supervised_1pct_top1`" in line and f"{gain:+.2f}" in line and "Semi-supervised" in line
     assert "`pixels_linear_top1`" in table and "`random_transfer_digits_top1`" in table
+    epochs = baselines["epochs_supervised_1pct"]
+    assert f"{epochs:.0f} ep / {baselines['steps_supervised_1pct']:.0f} steps" in line  # its budget
     report = json.loads((paths.stage_dir("report") / "metrics.json").read_text())
     assert report["gain_linear_top1"] == pytest.approx(0.8 - baselines["random_linear_top1"])
     assert report["gain_transfer_digits_top1"] == pytest.approx(0.05)

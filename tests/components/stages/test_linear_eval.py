@@ -30,7 +30,9 @@ def test_linear_eval_writes_metrics_plots_and_reuses_cached_features(tmp_path, m
     for name in ("linear_top1", "linear_top5", "knn_top1"):
         assert 0.1 < stored[name] <= 1.0  # well above chance even for a random-init encoder
     assert stored["linear_top5"] >= stored["linear_top1"]
-    assert stored["l2_linear"] in (1e-4, 1e-2) and stored["images_linear"] == 600
+    assert stored["l2_linear"] in (1e-4, 1e-2)
+    assert stored["images_linear"] + stored["images_linear_val"] == 600  # train = fit + val
+    assert 0.1 < stored["linear_val_top1"] <= 1.0 and 0.1 < stored["knn_val_top1"] <= 1.0
     assert {p.name for p in result.artifacts} >= {"confusion.png", "per_class.png",
                                                   "embedding.png", "metrics.json"}
     assert all(p.is_file() and p.stat().st_size > 0 for p in result.artifacts)

@@ -50,6 +50,10 @@ def test_subsets_exact_balanced_counts_within_train_split(tmp_path, fashion_mnis
     one = read_subset(paths.subset_file(0.01), 60_000)
     ten = read_subset(paths.subset_file(0.1), 60_000)
     assert set(one) <= set(ten)
+    val = read_subset(paths.subsets / "val.txt", 60_000)  # the validation split every choice reads
+    assert manifest["validation"]["count"] == len(val) == 6_000 == result.metrics["subsets.val.count"]
+    assert np.bincount(train_labels[val], minlength=10).tolist() == [600] * 10
+    assert not set(val) & set(ten)
     assert result.tags["data.subsets.content_hash"] == fashion_mnist_dataset.content_hash
 
 

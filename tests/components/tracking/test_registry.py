@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[3]
 def test_champion_loads_back_as_a_trainable_encoder(project: Path, sqlite_uri: str) -> None:
     cfg = make_cfg(sqlite_uri)
     global_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    register_candidate(project, cfg, {"linear_top1": 0.7})
+    register_candidate(project, cfg, {"linear_val_top1": 0.7})
     original, spec = load_encoder(project / "outputs" / "pretrain" / "encoder.pt")
     original.eval()
     x = torch.rand(5, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
@@ -73,20 +73,28 @@ def test_champion_loads_back_as_a_trainable_encoder(project: Path, sqlite_uri: s
 
 def test_models_promote_and_rollback_commands(project: Path, sqlite_uri: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    gate = {"gate": {"metric": "linear_top1", "min_improvement": 0.01}}
+    gate = {"gate": {"metric": "linear_val_top1", "min_improvement": 0.01}}
     cfg = make_cfg(sqlite_uri, registry=gate)
     params = str(write_params(project, sqlite_uri, registry=gate))
     client = MlflowClient(sqlite_uri, sqlite_uri)
-    register_candidate(project, cfg, {"linear_top1": 0.70})
-    register_candidate(project, cfg, {"linear_top1": 0.65}, seed=1)
-    assert aliases(client) == {"champion": "1", "challenger": "2"}
+    register_candidate(project, cfg, {"linear_val_top1": 0.70, "linear_top1": 0.60})
+    register_candidate(project, cfg, {"linear_val_top1": 0.65, "linear_top1": 0.99}, seed=1)
+    assert aliases(client) == {"champion": "1", "challenger": "2"}  # val decides, not test
+    version = client.get_model_version("simclr-encoder", "2")
+    assert version.tags["gate_metric"] == "linear_val_top1"
+    assert version.tags["gate_metric_test"] == "linear_top1"
+    assert float(version.tags["metric.linear_top1"]) == 0.99  # test recorded next to val
     capsys.readouterr()
 
     assert main(["models", "--params", params]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["version", "aliases", "linear_top1"]
-    assert table[1].split()[:3] == ["2", "challenger", "0.6500"]
-    assert table[2].split()[:3] == ["1", "champion", "0.7000"]
+    # the deciding (validation) metric first, its test counterpart next, and what decided
+    assert table[0].split()[:4] == ["version", "aliases", "linear_val_top1", "linear_top1"]
+    assert "decided by" in table[0]
+    assert table[1].split()[:6] == ["2", "challenger", "0.6500", "0.9900", "linear_val_top1",
+                                    "(refused)"]
+    assert table[2].split()[:6] == ["1", "champion", "0.7000", "0.6000", "linear_val_top1",
+                                    "(passed)"]
 
     assert main(["promote", "2", "--params", params]) == 0
     assert aliases(client) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
@@ -116,7 +124,7 @@ def test_concurrent_registrations_leave_consistent_aliases(project: Path, sqlite
     for seed, (outputs, score) in enumerate(scores.items()):
         local = make_cfg(sqlite_uri, paths={"data": "data", "outputs": outputs})
         write_encoder(project, local, seed)
-        write_metrics(project, "linear-eval", {"linear_top1": score}, outputs=outputs)
+        write_metrics(project, "linear-eval", {"linear_val_top1": score}, outputs=outputs)
     # create the store first so both processes do not race on the schema migration
     from components.tracking.runs import Tracker
 
@@ -133,7 +141,7 @@ def test_concurrent_registrations_leave_consistent_aliases(project: Path, sqlite
     versions = {str(v.version): v for v in client.search_model_versions("name = 'simclr-encoder'")}
     assert len(versions) == 2
     found = aliases(client)
-    score_of = {v: float(mv.tags["metric.linear_top1"]) for v, mv in versions.items()}
+    score_of = {v: float(mv.tags["metric.linear_val_top1"]) for v, mv in versions.items()}
     assert set(found.values()) <= set(versions)
     assert score_of[found["champion"]] == 0.80
     assert found.get("previous-champion") in (None, *[v for v, s in score_of.items() if s == 0.60])
@@ -157,8 +165,8 @@ def test_concurrent_gate_decisions_in_threads(tmp_path: Path, sqlite_uri: str,
     scores = [0.55, 0.80, 0.65, 0.70]
     for score in scores:
         client.create_model_version("racing", source=str(tmp_path),
-                                    tags={"metric.linear_top1": repr(score)})
-    gate = GateConfig(metric="linear_top1", min_improvement=0.0)
+                                    tags={"metric.linear_val_top1": repr(score)})
+    gate = GateConfig(metric="linear_val_top1", min_improvement=0.0)
     tracker = Tracker(client, client.tracking_uri, client.tracking_uri, "0")
     start, decisions = threading.Barrier(len(scores)), {}
 

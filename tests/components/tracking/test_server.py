@@ -78,7 +78,7 @@ def test_pipeline_against_server_with_s3_artifacts(mlflow_server: str, project: 
     cfg = make_cfg(mlflow_server, registry={"model_name": "server-encoder"})
     client = MlflowClient(mlflow_server, mlflow_server)
     write_encoder(project, cfg, seed=0)
-    write_metrics(project, "linear-eval", {"linear_top1": 0.7, "transfer_digits_top1": 0.9})
+    write_metrics(project, "linear-eval", {"linear_val_top1": 0.7, "transfer_digits_val_top1": 0.9})
 
     parent = start_pipeline_run(cfg, "pipeline")
     tracked_stage(cfg, "pretrain", pretrain_stage(project), parent_run_id=parent)
@@ -107,7 +107,7 @@ def test_pipeline_against_server_with_s3_artifacts(mlflow_server: str, project: 
 
     # a second, worse candidate stays challenger (compare-and-set path: no file lock on http)
     write_encoder(project, cfg, seed=1)
-    write_metrics(project, "linear-eval", {"linear_top1": 0.6, "transfer_digits_top1": 0.9})
+    write_metrics(project, "linear-eval", {"linear_val_top1": 0.6, "transfer_digits_val_top1": 0.9})
     refused = run_stage(cfg, "register")
     assert refused.metrics["promoted"] == 0.0
     assert aliases(client, "server-encoder") == {"champion": "1", "challenger": "2"}

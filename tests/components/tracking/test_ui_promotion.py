@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from components.stages.cli import main
 from tests.components.tracking.helpers import aliases, make_cfg, register_candidate, write_params
 
-GATE = {"gate": {"metric": "linear_top1", "min_improvement": 0.01}}
+GATE = {"gate": {"metric": "linear_val_top1", "min_improvement": 0.01}}
 
 
 def table(capsys: pytest.CaptureFixture[str], params: str) -> dict[str, str]:
@@ -27,8 +27,8 @@ def test_a_champion_moved_in_the_ui_is_shown_and_rolled_back(project: Path, sqli
                                                             capsys: pytest.CaptureFixture[str]):
     cfg = make_cfg(sqlite_uri, registry=GATE)
     params = str(write_params(project, sqlite_uri, registry=GATE))
-    register_candidate(project, cfg, {"linear_top1": 0.70})
-    register_candidate(project, cfg, {"linear_top1": 0.65}, seed=1)  # refused by the gate
+    register_candidate(project, cfg, {"linear_val_top1": 0.70})
+    register_candidate(project, cfg, {"linear_val_top1": 0.65}, seed=1)  # refused by the gate
     assert "refused" in table(capsys, params)["2"]
 
     ui = MlflowClient(sqlite_uri, sqlite_uri)  # what the UI's alias editor does
@@ -55,7 +55,7 @@ def test_rollback_says_how_to_fix_a_registry_without_history(project: Path, sqli
                                                              capsys: pytest.CaptureFixture[str]):
     cfg = make_cfg(sqlite_uri, registry=GATE)
     params = str(write_params(project, sqlite_uri, registry=GATE))
-    register_candidate(project, cfg, {"linear_top1": 0.70})  # champion by the gate, no previous
+    register_candidate(project, cfg, {"linear_val_top1": 0.70})  # champion by the gate, no previous
     capsys.readouterr()
     assert main(["rollback", "--params", params]) == 2
     error = capsys.readouterr().err.strip()
