@@ -28,6 +28,7 @@ from torch import nn
 
 from components.data.store import CanonicalDataset, ImageSplit
 from components.errors import DataError
+from components.io import indices_sha256
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class FeatureCache:
             indices: Sequence[int] | np.ndarray | None = None) -> str:
         parts = [CACHE_FORMAT, encoder_digest, dataset.content_hash, split]
         if indices is not None:
-            parts.append(hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest())
+            parts.append(indices_sha256(np.asarray(indices)))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
     def features(
