@@ -159,6 +159,9 @@ class LinearEvalConfig(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     epochs: int = Field(100, gt=0)
     max_train_images: int | None = Field(None, gt=0)
+    # the probe's in-memory matrix (fit + val rows) x feature dim, in float32 elements (512 MiB):
+    # above it, seeded row subsamples (recorded as images_<prefix>*); test rows are all scored
+    max_elements: int = Field(1 << 27, gt=0)
 
 
 class FinetuneConfig(_Section):
@@ -196,6 +199,7 @@ class KnnConfig(_Section):
 
 class EvaluateConfig(_Section):
     batch_size: int = Field(512, gt=0)  # feature extraction
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     linear: LinearEvalConfig = LinearEvalConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     knn: KnnConfig = KnnConfig()

@@ -123,6 +123,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Every group's lr := ``lr`` (times ``group["lr_scale"]`` where set: per-group peaks, e.g.
+    fine-tuning's encoder and head); returns ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr_scale"] * lr if "lr_scale" in group else lr
+    return lr
+
+
 class WarmupCosine:
     """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``end_lr``.
 
@@ -164,11 +172,9 @@ class WarmupCosine:
         return self.end_lr + (self.peak_lr - self.end_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every group's lr to ``lr_at(step)`` and return it."""
-        lr = self.lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        """Set every group's lr to ``lr_at(step)`` (times the group's ``lr_scale`` if it has
+        one) and return ``lr_at(step)``: the one place a schedule sets learning rates."""
+        return set_lr(optimizer, self.lr_at(step))
 
     def __call__(self, step: int) -> float:
         return self.lr_at(step)

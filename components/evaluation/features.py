@@ -20,24 +20,28 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.data.store import CanonicalDataset, ImageSplit
+from components.data.store import CanonicalDataset
 from components.errors import DataError
+from components.evaluation.device import CPU, EvalRuntime
 from components.io import indices_sha256
 
 log = logging.getLogger(__name__)
 
 LUMINANCE = (0.299, 0.587, 0.114)
 CACHE_FORMAT = "features/1"
+MEMMAP_ABOVE_BYTES = 256 << 20  # cache entries larger than this stay on disk, memory-mapped
 
 
-def adapt_images(images: np.ndarray, in_channels: int, image_size: int) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, in_channels, image_size, image_size) in [0, 1]."""
+def adapt_images(images: np.ndarray | torch.Tensor, in_channels: int, image_size: int) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, in_channels, image_size, image_size) in [0, 1], on the
+    images' device (a batch: callers stream, they never adapt a whole split)."""
     from components.augment import to_float_tensor
 
     x = to_float_tensor(images)
@@ -59,34 +63,54 @@ def adapt_images(images: np.ndarray, in_channels: int, image_size: int) -> torch
 
 
 @torch.no_grad()
-def encode(
-    encoder: nn.Module,
-    split: ImageSplit,
+def batched_forward(
+    model: nn.Module,
+    rows: Any,
     indices: np.ndarray | None,
-    in_channels: int,
-    image_size: int,
+    runtime: EvalRuntime = CPU,
     batch_size: int = 512,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Representation h, float32 (k, feature_dim), of the split's images (all when indices is None).
+    """``model``'s output, float32 (k, D), on rows ``indices`` of ``rows`` (all when None).
 
-    Any module works (a classifier gives logits (k, C)): the one batched-inference loop. The
-    module runs in eval mode without gradients; its previous mode is restored.
+    The one batched inference loop (features, logits, the pretraining monitor). ``rows``: any
+    rows source (:mod:`components.evaluation.batches`), streamed batch by batch to
+    ``runtime.device`` (where ``model`` must already be) and adapted there
+    (:func:`adapt_images`; ``in_channels`` / ``image_size`` None: keep the images' own).
+    ``out`` (e.g. an ``np.lib.format.open_memmap``) receives the rows instead of a new array.
+    The model runs in eval mode without gradients, under bf16 autocast when
+    ``runtime.bf16``; its previous mode is restored.
     """
-    indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    out = []
+    from components.evaluation.batches import index_batches, stream
+
+    indices = np.arange(len(rows)) if indices is None else np.asarray(indices, dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    start = 0
     try:
-        for start in range(0, len(indices), batch_size):
-            batch = adapt_images(split.images(indices[start:start + batch_size]),
-                                 in_channels, image_size).to(device)
-            out.append(encoder(batch).float().cpu())
+        for images in stream(rows, index_batches(indices, batch_size), runtime.device):
+            channels = in_channels or images.shape[-1]
+            size = image_size or images.shape[1]
+            with runtime.autocast():
+                result = model(runtime.layout(adapt_images(images, channels, size)))
+            result = result.float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(indices), *result.shape[1:]), np.float32)
+            out[start:start + len(result)] = result
+            start += len(result)
     finally:
-        encoder.train(was_training)
-    if not out:
-        return np.empty((0, int(getattr(encoder, "feature_dim", 0))), np.float32)
-    return torch.cat(out).numpy()
+        model.train(was_training)
+    if out is None:
+        return np.empty((0, int(getattr(model, "feature_dim", 0))), np.float32)
+    return out
+
+
+def encode(encoder: nn.Module, split: Any, indices: np.ndarray | None, in_channels: int,
+           image_size: int, batch_size: int = 512) -> np.ndarray:
+    """:func:`batched_forward` on the CPU in float32 (kept for scripts such as bench/)."""
+    return batched_forward(encoder, split, indices, CPU, batch_size, in_channels, image_size)
 
 
 def module_digest(module: nn.Module, extra: dict | None = None) -> str:
@@ -127,12 +151,17 @@ class FeatureCache:
         image_size: int,
         indices: np.ndarray | None = None,
         batch_size: int = 512,
+        runtime: EvalRuntime = CPU,
     ) -> np.ndarray:
-        """Cached ``encode(...)`` of one split of ``dataset`` (all images when indices is None)."""
+        """Cached :func:`batched_forward` of one split of ``dataset`` (all images when indices
+        is None), float32 (k, D); ``encoder`` on ``runtime.device``. An entry larger than
+        ``MEMMAP_ABOVE_BYTES`` is written straight to disk and returned memory-mapped
+        (read-only), so a large split's features never sit in RAM as one array."""
         path = self.root / f"{self.key(encoder_digest, dataset, split, indices)}.npy"
         if path.is_file():
             try:
-                cached = np.load(path)
+                large = path.stat().st_size > MEMMAP_ABOVE_BYTES
+                cached = np.load(path, mmap_mode="r" if large else None)
                 self.stats["hits"] += 1
                 log.info("features: cache hit %s (%s/%s, %d x %d)", path.name, dataset.name,
                          split, *cached.shape)
@@ -142,11 +171,20 @@ class FeatureCache:
         self.stats["misses"] += 1
         image_split = dataset.split(split)
         count = len(image_split) if indices is None else len(indices)
-        log.info("features: encoding %d images of %s/%s", count, dataset.name, split)
-        features = encode(encoder, image_split, indices, in_channels, image_size, batch_size)
-        self.stats["images_encoded"] += count
+        log.info("features: encoding %d images of %s/%s on %s", count, dataset.name, split,
+                 runtime.device)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npy")
-        np.save(tmp, features)
+        dim = getattr(encoder, "feature_dim", None)
+        large = dim is not None and count * int(dim) * 4 > MEMMAP_ABOVE_BYTES
+        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (count, int(dim))) if large else None
+        features = batched_forward(encoder, image_split, indices, runtime, batch_size,
+                                   in_channels, image_size, out=out)
+        self.stats["images_encoded"] += count
+        if large:
+            features.flush()
+            del features, out
+        else:
+            np.save(tmp, features)
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        return features
+        return np.load(path, mmap_mode="r") if large else features

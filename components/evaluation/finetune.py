@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import FinetuneConfig, RecipeConfig
-from components.evaluation.features import adapt_images, encode
+from components.evaluation.device import CPU, EvalRuntime
+from components.evaluation.features import adapt_images, batched_forward
 from components.optim import WarmupCosine
 
 log = logging.getLogger(__name__)
@@ -71,18 +72,20 @@ def _param_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, Any]
     for module, lr in ((model.encoder, cfg.lr), (model.head, cfg.head_lr or cfg.lr)):
         decay = [p for p in module.parameters() if p.ndim > 1]
         no_decay = [p for p in module.parameters() if p.ndim <= 1]
-        groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
-                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        groups += [{"params": decay, "lr": lr, "lr_scale": lr, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "lr": lr, "lr_scale": lr, "weight_decay": 0.0}]
     return groups
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int,
-                          max_images: int = 4096) -> None:
+def recalibrate_batchnorm(model: nn.Module, train: Any, runtime: EvalRuntime, batch_size: int,
+                          in_channels: int, image_size: int, max_images: int = 4096) -> None:
     """Replace BatchNorm running statistics by their exact average over (up to ``max_images``
-    of) the un-augmented training images. After a short fine-tuning run the exponential moving
-    averages still remember the initial (or pretraining) statistics, which can make the
-    eval-mode network predict a single class."""
+    of) the un-augmented training images (rows source ``train``, streamed). After a short
+    fine-tuning run the exponential moving averages still remember the initial (or
+    pretraining) statistics, which can make the eval-mode network predict a single class."""
+    from components.evaluation.batches import index_batches, stream
+
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -93,8 +96,10 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
         m.momentum = None  # cumulative average over the batches below
     model.train()
     try:
-        for start in range(0, min(len(images), max_images), batch_size):
-            model(images[start:start + batch_size])
+        rows = np.arange(min(len(train), max_images))
+        for images in stream(train, index_batches(rows, batch_size), runtime.device):
+            with runtime.autocast():
+                model(runtime.layout(adapt_images(images, in_channels, image_size)))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
@@ -104,7 +109,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
 def finetune(
     encoder: nn.Module,
     num_classes: int,
-    images: np.ndarray,
+    images: Any,
     labels: np.ndarray,
     val: Any,
     cfg: FinetuneConfig,
@@ -113,21 +118,28 @@ def finetune(
     seed: int = 0,
     name: str = "finetune",
     eval_batch_size: int = 512,
+    runtime: EvalRuntime = CPU,
 ) -> FinetuneResult:
-    """Train ``encoder`` (in place) + a new head on uint8 ``images`` (N, H, W, C) / ``labels`` (N,).
+    """Train ``encoder`` (in place, moved to ``runtime.device``) + a new head on ``images`` /
+    ``labels`` (N,): a rows source (a :class:`~components.evaluation.holdout.SplitView` of the
+    store: streamed, each batch read and converted to float on the device) or an in-memory
+    uint8 array (N, H, W, C).
 
     ``val`` (a :class:`~components.evaluation.holdout.SplitView` or any object with
     ``images(indices)``, ``labels`` and ``len``) gives the per-epoch curve and the final
-    validation scores. Returns the final model, in eval mode.
+    validation scores. Returns the final model, in eval mode, on ``runtime.device``.
     """
+    from components.evaluation.batches import ArrayRows, stream
+
     started = time.perf_counter()
     val_labels = np.asarray(val.labels)  # a sealed test split raises here: it cannot choose
-    x_train = adapt_images(images, in_channels, image_size)
+    train = ArrayRows(images, labels) if isinstance(images, np.ndarray) else images
     y_train = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    n = len(x_train)
+    n = len(train)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Classifier(encoder, num_classes)
+    model = runtime.place(model)
     generator = torch.Generator().manual_seed(seed)
     augment = None
     if cfg.augment:
@@ -138,48 +150,51 @@ def finetune(
     total_steps = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), momentum=0.9, nesterov=True)
-    # each group's lr times the per-step cosine factor (WarmupCosine with peak 1, no warm-up)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(1.0, 0, total_steps))
+    # each group's lr_scale times the per-step cosine factor (peak 1, no warm-up)
+    schedule = WarmupCosine(1.0, 0, total_steps)
     monitor = np.sort(np.random.default_rng(seed).choice(
         len(val), size=min(cfg.monitor_images, len(val)), replace=False))
-    log.info("%s: %d images, %d classes, %d steps (%d epochs of %d), lr %g, augment=%s",
-             name, n, num_classes, total_steps, epochs, steps_per_epoch, cfg.lr, cfg.augment)
+    log.info("%s: %d images, %d classes, %d steps (%d epochs of %d), lr %g, augment=%s on %s",
+             name, n, num_classes, total_steps, epochs, steps_per_epoch, cfg.lr, cfg.augment,
+             runtime.device)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
+        # this epoch's batches, in order: at most total_steps - step, none of fewer than 2 images
+        batches = [order[start:start + cfg.batch_size] for start in range(0, n, cfg.batch_size)]
+        batches = [batch for batch in batches if len(batch) >= 2][:total_steps - step]
         losses, correct, seen = [], 0, 0
-        for start in range(0, n, cfg.batch_size):
-            if step >= total_steps:
-                break
-            batch = order[start:start + cfg.batch_size]
-            if len(batch) < 2:
-                continue
-            x, y = x_train[batch], y_train[batch]
+        for batch, x in zip(batches, stream(train, [b.numpy() for b in batches], runtime.device),
+                            strict=True):
+            y = y_train[batch].to(runtime.device, non_blocking=True)
+            x = adapt_images(x, in_channels, image_size)
             if augment is not None:
                 x = augment(x, generator=generator)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            schedule.apply(optimizer, step)
+            with runtime.autocast():
+                logits = model(runtime.layout(x))
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
             losses.append(loss.item())
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
             step += 1
+        common = (runtime, eval_batch_size, in_channels, image_size)
         if epoch == epochs - 1:
-            recalibrate_batchnorm(model, x_train, eval_batch_size)
+            recalibrate_batchnorm(model, train, runtime, eval_batch_size, in_channels, image_size)
             monitor_top1 = None
         else:
-            monitor_scores = encode(model, val, monitor, in_channels, image_size, eval_batch_size)
+            monitor_scores = batched_forward(model, val, monitor, *common)
             monitor_top1 = float((monitor_scores.argmax(1) == val_labels[monitor]).mean())
         row = {"epoch": epoch + 1, "step": step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "train_top1": correct / max(seen, 1)}
         if monitor_top1 is None:  # last epoch: the whole validation split, final model
-            val_scores = encode(model, val, None, in_channels, image_size, eval_batch_size)
+            val_scores = batched_forward(model, val, None, *common)
             val_top1 = float((val_scores.argmax(1) == val_labels).mean())
             row["val_top1"] = val_top1
         else:
@@ -207,15 +222,17 @@ def choose_recipe(
     seed: int = 0,
     name: str = "finetune",
     eval_batch_size: int = 512,
+    runtime: EvalRuntime = CPU,
 ) -> tuple[FinetuneResult, list[dict[str, Any]]]:
     """Train one fresh ``make_encoder()`` per recipe on ``train`` (a SplitView), keep the best
-    validation top-1 (ties: the earlier recipe). Returns (best result, one row per recipe)."""
-    images, labels = train.images(), train.labels
+    validation top-1 (ties: the earlier recipe). Returns (best result, one row per recipe).
+    ``train`` is streamed from the store by every run (never loaded whole)."""
+    labels = np.asarray(train.labels)
     best, rows = None, []
     for number, recipe in enumerate(recipes):
-        result = finetune(make_encoder(), num_classes, images, labels, val, with_recipe(cfg, recipe),
+        result = finetune(make_encoder(), num_classes, train, labels, val, with_recipe(cfg, recipe),
                           in_channels, image_size, seed=seed, name=f"{name} recipe {number}",
-                          eval_batch_size=eval_batch_size)
+                          eval_batch_size=eval_batch_size, runtime=runtime)
         rows.append({**result.recipe, "val_top1": result.val_top1, "seconds": result.seconds})
         if best is None or result.val_top1 > best.val_top1:
             best = result
@@ -224,6 +241,7 @@ def choose_recipe(
 
 
 def score(model: nn.Module, split: Any, in_channels: int, image_size: int,
-          batch_size: int = 512) -> np.ndarray:
-    """Logits (N, C) of ``model`` on every image of ``split`` (the one test scoring)."""
-    return encode(model, split, None, in_channels, image_size, batch_size)
+          batch_size: int = 512, runtime: EvalRuntime = CPU) -> np.ndarray:
+    """Logits (N, C) of ``model`` (on ``runtime.device``) on every image of ``split`` (the one
+    test scoring), streamed."""
+    return batched_forward(model, split, None, runtime, batch_size, in_channels, image_size)

@@ -86,3 +86,40 @@ def train_val_features(cache, encoder, digest: str, dataset: CanonicalDataset, f
     features = cache.features(encoder, digest, dataset, "train",
                               indices=None if whole else union, **common)
     return features[np.searchsorted(union, fit)], features[np.searchsorted(union, val)]
+
+
+def within_budget(fit: np.ndarray, val: np.ndarray, dim: int, max_elements: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, val) row indices whose in-memory probe matrix, ``(len(fit) + len(val)) x dim``
+    float32, stays within ``max_elements``: unchanged when it fits, else seeded sorted
+    subsamples (validation keeps at most half of the budget)."""
+    from components.evaluation.inputs import subsample
+
+    rows = max(max_elements // max(dim, 1), 2)
+    if len(fit) + len(val) <= rows:
+        return fit, val
+    val_rows = min(len(val), rows // 2)
+    chosen_val = subsample(len(val), val_rows, seed + 1)
+    chosen_fit = subsample(len(fit), rows - val_rows, seed)
+    return (fit if chosen_fit is None else fit[chosen_fit],
+            val if chosen_val is None else val[chosen_val])
+
+
+class PixelRows:
+    """Raw pixels of a rows source as probe features: ``rows[a:b]`` -> float32 (k, H*W*C) in
+    [0, 1] (HWC order), read on demand, so the pixel baseline never holds a split as float."""
+
+    def __init__(self, source, indices: np.ndarray | None = None):  # noqa: ANN001 - rows source
+        self.source = source
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        images = self.source.images(self.indices[rows])
+        return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+    def array(self) -> np.ndarray:
+        """All rows as one float32 array (for the bounded fit / validation matrices)."""
+        return self[:]

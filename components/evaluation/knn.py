@@ -3,7 +3,7 @@ follow-ups as a cheap, hyper-parameter-light monitor of representation quality).
 
 Each test feature votes with its ``k`` most cosine-similar training features; neighbour ``j``
 adds ``exp(s_j / temperature)`` to its class. Computed in chunks of test rows so memory stays
-``chunk x N_train``.
+``chunk x N_train`` (the test features may be memory-mapped: only a chunk is read at a time).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ def knn_scores(
     """Class scores (N_test, C) of the weighted kNN vote. features (N, D), labels int (N,)."""
     bank = F.normalize(_as_tensor(train_features, torch.float32), dim=1)
     bank_labels = _as_tensor(train_labels, torch.int64)
-    queries = F.normalize(_as_tensor(test_features, torch.float32), dim=1)
     if len(bank) == 0:
         raise ValueError("kNN needs at least one training feature")
     classes = int(num_classes if num_classes is not None else int(bank_labels.max()) + 1)
     k = min(k, len(bank))
-    out = torch.zeros(len(queries), classes)
-    for start in range(0, len(queries), chunk_size):
-        sims = queries[start:start + chunk_size] @ bank.T  # (chunk, N_train)
+    out = torch.zeros(len(test_features), classes)
+    for start in range(0, len(test_features), chunk_size):
+        # queries are read and normalised per chunk: a memory-mapped feature file stays on disk
+        chunk = _as_tensor(test_features[start:start + chunk_size], torch.float32)
+        sims = F.normalize(chunk, dim=1) @ bank.T  # (chunk, N_train)
         top_sims, top_idx = sims.topk(k, dim=1)
         weights = (top_sims / temperature).exp()
         out[start:start + chunk_size].scatter_add_(1, bank_labels[top_idx], weights)

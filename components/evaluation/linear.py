@@ -17,6 +17,11 @@ Protocol (documented here, used by the ``linear-eval``, ``baselines`` and ``tran
 
 The paper trains the probe with SGD for 90 epochs on augmented crops; on small, fixed feature
 matrices full-batch L-BFGS reaches the same convex optimum faster and deterministically.
+
+Device and memory: the L-BFGS solve runs on the CPU on an in-memory (fit + val) x D matrix,
+which ``evaluate.linear.max_elements`` bounds (seeded row subsamples above it:
+:func:`components.evaluation.holdout.within_budget`); features are extracted on
+``evaluate.device``. Test features (possibly memory-mapped) are scored in chunks.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from components.data.split import stratified_split
 
 log = logging.getLogger(__name__)
 SINGLE_THREAD_BELOW = 2_000_000  # feature-matrix elements
+SCORE_CHUNK = 65_536  # rows scored at a time (test features may be memory-mapped)
 
 
 @dataclass
@@ -48,10 +54,15 @@ class LinearProbe:
     val_accuracy: dict[float, float] = field(default_factory=dict)
 
     @torch.no_grad()
-    def scores(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Logits (N, C) for features (N, D)."""
-        x = (torch.as_tensor(np.asarray(features), dtype=torch.float32) - self.mean) / self.std
-        return (x @ self.weight.T + self.bias).numpy()
+    def scores(self, features: Any, chunk_size: int = SCORE_CHUNK) -> np.ndarray:
+        """Logits (N, C) for features (N, D): an array, a memory-mapped array or any object
+        whose row slices are arrays (read ``chunk_size`` rows at a time)."""
+        out = np.empty((len(features), len(self.bias)), np.float32)
+        for start in range(0, len(features), chunk_size):
+            rows = np.asarray(features[start:start + chunk_size])
+            x = (torch.as_tensor(rows, dtype=torch.float32) - self.mean) / self.std
+            out[start:start + len(rows)] = (x @ self.weight.T + self.bias).numpy()
+        return out
 
 
 def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

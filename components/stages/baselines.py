@@ -14,7 +14,10 @@ split, scored once from the final model.
   rule and keeps the best on validation; ``epochs_/steps_/lr_/augment_supervised_<tag>``
   record the recipe kept, ``history.json`` every recipe tried.
 
-Does not need the pretrained encoder; the input size and channels are the data set's.
+Does not need the pretrained encoder; the input size and channels are the data set's. Runs on
+``evaluate.device``, streamed from the store: no split is held as float (the probes' matrices
+are bounded by ``evaluate.linear.max_elements``; ``images_pixels_linear`` records the pixel
+probe's training rows).
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ import numpy as np
 
 from components.config import PipelineConfig, RecipeConfig
 from components.data.subsets import load_subset, load_validation, without
+from components.evaluation.device import EvalRuntime
 from components.evaluation.features import FeatureCache, module_digest
 from components.evaluation.finetune import choose_recipe, score
-from components.evaluation.holdout import HeldOutTest, SplitView, probe_indices, train_val_features
+from components.evaluation.holdout import (
+    HeldOutTest,
+    PixelRows,
+    SplitView,
+    probe_indices,
+    train_val_features,
+    within_budget,
+)
 from components.evaluation.inputs import open_labelled_dataset, random_encoder
 from components.evaluation.linear import evaluate_frozen
 from components.evaluation.metrics import classification_metrics
@@ -53,25 +64,34 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     timings: dict[str, float] = {}
 
     # frozen baselines: random-init encoder (cached features) and raw pixels
+    runtime = EvalRuntime.of(cfg)
     encoder = random_encoder(cfg.model, channels, height, cfg.seed)
     digest = module_digest(encoder, {"model": cfg.model.model_dump(mode="json"), "seed": cfg.seed,
                                      "in_channels": channels, "image_size": height})
+    encoder = runtime.place(encoder)
     cache = FeatureCache(cfg.evaluate.cache_dir)
-    fit = probe_indices(len(train), val_idx, cfg.evaluate.linear.max_train_images, cfg.seed)
-    fit_y, val_y = train.labels[fit], train.labels[val_idx]
-    common = {"in_channels": channels, "image_size": height, "batch_size": cfg.evaluate.batch_size}
-    fit_h, val_h = train_val_features(cache, encoder, digest, dataset, fit, val_idx, **common)
+    lin = cfg.evaluate.linear
+    fit = probe_indices(len(train), val_idx, lin.max_train_images, cfg.seed)
+    probe_fit, probe_val = within_budget(fit, val_idx, int(encoder.feature_dim), lin.max_elements,
+                                         cfg.seed)
+    common = {"in_channels": channels, "image_size": height, "batch_size": cfg.evaluate.batch_size,
+              "runtime": runtime}
+    fit_h, val_h = train_val_features(cache, encoder, digest, dataset, probe_fit, probe_val, **common)
     test_h = cache.features(encoder, digest, dataset, "test", **common)
-    metrics.update(evaluate_frozen(fit_h, fit_y, val_h, val_y, test_h, test, len(classes),
-                                   cfg.evaluate, "random_linear",
+    metrics.update(evaluate_frozen(fit_h, train.labels[probe_fit], val_h, train.labels[probe_val],
+                                   test_h, test, len(classes), cfg.evaluate, "random_linear",
                                    knn_name="random_knn_top1").metrics)
+    del fit_h, val_h, test_h
 
-    def pixels(images: np.ndarray) -> np.ndarray:
-        return images.reshape(len(images), -1).astype(np.float32) / 255.0
-
-    metrics.update(evaluate_frozen(pixels(train.images(fit)), fit_y, pixels(train.images(val_idx)),
-                                   val_y, pixels(test.images()), test, len(classes), cfg.evaluate,
+    # raw pixels (H*W*C features): the fit / validation matrices within the probe budget, the
+    # test split read and scored chunk by chunk
+    pixel_fit, pixel_val = within_budget(fit, val_idx, int(np.prod(dataset.image_shape)),
+                                         lin.max_elements, cfg.seed)
+    metrics.update(evaluate_frozen(PixelRows(train, pixel_fit).array(), train.labels[pixel_fit],
+                                   PixelRows(train, pixel_val).array(), train.labels[pixel_val],
+                                   PixelRows(test), test, len(classes), cfg.evaluate,
                                    "pixels_linear").metrics)
+    metrics["images_pixels_linear"] = float(len(pixel_fit))
     timings["seconds_baselines_frozen"] = time.perf_counter() - started
 
     # supervised from random init on the same label sets, recipe chosen on validation
@@ -87,8 +107,8 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
         best, tried = choose_recipe(
             SplitView(train, indices), recipes, lambda: random_encoder(cfg.model, channels, height, cfg.seed),
             len(classes), val, cfg.evaluate.finetune, channels, height, seed=cfg.seed,
-            name=f"supervised {tag}", eval_batch_size=cfg.evaluate.batch_size)
-        test_scores = score(best.model, test, channels, height, cfg.evaluate.batch_size)
+            name=f"supervised {tag}", eval_batch_size=cfg.evaluate.batch_size, runtime=runtime)
+        test_scores = score(best.model, test, channels, height, cfg.evaluate.batch_size, runtime)
         metrics[f"supervised_{tag}_val_top1"] = best.val_top1
         metrics.update(classification_metrics(test_scores, test.final_labels(), f"supervised_{tag}"))
         metrics[f"images_supervised_{tag}"] = float(best.train_images)

@@ -7,7 +7,8 @@ model scored once on the full test split. Writes ``outputs/finetune/metrics.json
 (``finetune_<tag>_val_top1``; test: ``finetune_<tag>_top1``, ``finetune_<tag>_top5``;
 ``images_finetune_<tag>``, ``epochs_finetune_<tag>``, ``steps_finetune_<tag>``),
 ``history.json`` (per-epoch curves on validation and the subset's index digest),
-``curves.png`` and a confusion matrix per subset. Protocol: :mod:`components.evaluation.finetune`.
+``curves.png`` and a confusion matrix per subset. Protocol: :mod:`components.evaluation.finetune`, on ``evaluate.device``, streamed from the
+store (no split is held as float).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 
 from components.config import PipelineConfig
 from components.data.subsets import load_subset, load_validation
+from components.evaluation.device import EvalRuntime
 from components.evaluation.finetune import finetune, score
 from components.evaluation.holdout import HeldOutTest, SplitView
 from components.evaluation.inputs import load_pretrained_encoder, open_labelled_dataset
@@ -42,13 +44,16 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     timings: dict[str, float] = {}
     record: dict[str, dict] = {}
     artifacts = []
+    runtime = EvalRuntime.of(cfg)
     for tag, indices in subsets.items():
         encoder, spec = load_pretrained_encoder(encoder_path, cfg.model)  # fresh copy per subset
-        result = finetune(encoder, len(classes), train.images(indices), train.labels[indices], val,
+        labelled = SplitView(train, indices)  # streamed from the store, batch by batch
+        result = finetune(encoder, len(classes), labelled, labelled.labels, val,
                           cfg.evaluate.finetune, spec.in_channels, spec.image_size, seed=cfg.seed,
-                          name=f"finetune {tag}", eval_batch_size=cfg.evaluate.batch_size)
+                          name=f"finetune {tag}", eval_batch_size=cfg.evaluate.batch_size,
+                          runtime=runtime)
         test_scores = score(result.model, test, spec.in_channels, spec.image_size,
-                            cfg.evaluate.batch_size)
+                            cfg.evaluate.batch_size, runtime)
         test_labels = test.final_labels()  # the model is final: reporting only from here
         metrics[f"finetune_{tag}_val_top1"] = result.val_top1
         metrics.update(classification_metrics(test_scores, test_labels, f"finetune_{tag}"))

@@ -32,17 +32,23 @@ def knn_samples(dataset: CanonicalDataset, cfg: PipelineConfig) -> tuple[np.ndar
 def knn_monitor(encoder: nn.Module, dataset: CanonicalDataset, cfg: PipelineConfig) -> float:
     """kNN top-1 (k = ``cfg.pretrain.knn_k``) of ``encoder`` on the samples of :func:`knn_samples`.
 
-    Runs the encoder in eval mode on its own device (``components.evaluation.features.encode``)
-    and restores its mode.
+    Runs the encoder in eval mode on its own (the training worker's) device, in the pretraining
+    numeric format, through the one batched forward
+    (:func:`components.evaluation.features.batched_forward`, streamed from the store), and
+    restores its mode.
     """
-    from components.evaluation.features import encode
+    from components.evaluation.device import EvalRuntime
+    from components.evaluation.features import batched_forward
     from components.evaluation.knn import knn_top1
 
     height, _, channels = dataset.image_shape
     bank, queries = knn_samples(dataset, cfg)
     train, held_out = dataset.split("train"), dataset.split(monitor_split(dataset))
-    bank_h = encode(encoder, train, bank, channels, height, cfg.evaluate.batch_size)
-    query_h = encode(encoder, held_out, queries, channels, height, cfg.evaluate.batch_size)
+    runtime = EvalRuntime(next(encoder.parameters()).device, cfg.pretrain.precision == "bf16",
+                          cfg.pretrain.channels_last)
+    common = (runtime, cfg.evaluate.batch_size, channels, height)
+    bank_h = batched_forward(encoder, train, bank, *common)
+    query_h = batched_forward(encoder, held_out, queries, *common)
     return knn_top1(bank_h, train.labels[bank], query_h, held_out.labels[queries],
                     k=cfg.pretrain.knn_k, temperature=cfg.evaluate.knn.temperature,
                     num_classes=len(dataset.classes))

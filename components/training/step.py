@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from components.losses import nt_xent_with_accuracy
+from components.optim import set_lr
 
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
 # What TrainStep.phase_seconds accumulates (forward includes the BN all-reduces under global BN,
@@ -62,9 +63,7 @@ class TrainStep:
     def __call__(
         self, images: Tensor, step: int, generator: torch.Generator | None = None
     ) -> dict[str, float]:
-        lr = float(self.schedule(step))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(self.optimizer, float(self.schedule(step)))
         marks = [time.perf_counter()]
         x = self.views(images, generator)
         marks.append(time.perf_counter())
