@@ -39,7 +39,7 @@ from components.data.split import stratified_split
 
 log = logging.getLogger(__name__)
 SINGLE_THREAD_BELOW = 2_000_000  # feature-matrix elements
-SCORE_CHUNK = 65_536  # rows scored at a time (test features may be memory-mapped)
+SCORE_CHUNK_ELEMENTS = 1 << 23  # features scored at a time (32 MiB; e.g. 10,922 x 768 pixels)
 
 
 @dataclass
@@ -54,9 +54,12 @@ class LinearProbe:
     val_accuracy: dict[float, float] = field(default_factory=dict)
 
     @torch.no_grad()
-    def scores(self, features: Any, chunk_size: int = SCORE_CHUNK) -> np.ndarray:
+    def scores(self, features: Any, chunk_size: int | None = None) -> np.ndarray:
         """Logits (N, C) for features (N, D): an array, a memory-mapped array or any object
-        whose row slices are arrays (read ``chunk_size`` rows at a time)."""
+        whose row slices are arrays, read ``chunk_size`` rows at a time (default: as many as
+        fit in ``SCORE_CHUNK_ELEMENTS``), so scoring memory does not grow with N."""
+        if chunk_size is None:
+            chunk_size = max(SCORE_CHUNK_ELEMENTS // max(len(self.mean), 1), 1)
         out = np.empty((len(features), len(self.bias)), np.float32)
         for start in range(0, len(features), chunk_size):
             rows = np.asarray(features[start:start + chunk_size])
