@@ -122,3 +122,19 @@ def test_probe_budget_and_pixel_rows_are_bounded():
     assert max(rows.reads) == 64  # test pixels read and scored chunk by chunk
     np.testing.assert_allclose(chunked, probe.scores(images.reshape(300, -1) / np.float32(255)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_large_cache_entries_stay_on_disk_memory_mapped(tmp_path, monkeypatch):
+    import components.evaluation.features as features
+    from components.evaluation.features import FeatureCache
+
+    dataset = write_rgb16(tmp_path / "rgb16", n_train=40, n_test=30)
+    encoder = random_encoder(ModelConfig(**SMALL_MODEL), 1, 28, seed=0)
+    in_memory = FeatureCache(tmp_path / "small").features(encoder, "d", dataset, "test", 1, 28)
+    monkeypatch.setattr(features, "MEMMAP_ABOVE_BYTES", 0)  # every entry counts as large
+    cache = FeatureCache(tmp_path / "large")
+    written = cache.features(encoder, "d", dataset, "test", 1, 28, batch_size=8)
+    again = cache.features(encoder, "d", dataset, "test", 1, 28)
+    assert isinstance(written, np.memmap) and isinstance(again, np.memmap)
+    assert cache.stats["hits"] == 1 and not list((tmp_path / "large").glob(".*"))
+    np.testing.assert_array_equal(np.asarray(again), in_memory)
