@@ -58,6 +58,7 @@ def test_an_indented_line_continues_the_line_before():
     assert levels('  File "x.py", line 1, in <module>') == (logging.ERROR,
                                                             '  File "x.py", line 1, in <module>')
     assert levels("ValueError: bad")[0] == logging.ERROR
+    assert levels("ray.exceptions.GetTimeoutError: Get timed out")[0] == logging.ERROR
     assert levels("next ordinary line")[0] == logging.INFO
 
 

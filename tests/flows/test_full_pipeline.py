@@ -17,7 +17,7 @@ from tests.flows.conftest import project_with_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TRANSFER = "data.transfer=[{kind: digits, path: null, name: digits}]"  # the transfer stage needs one
-LINE_BUDGET = 120  # lines of a successful tiny run (2 epochs); the default run's budget is ~150
+LINE_BUDGET = 150  # a successful tiny run (2 epochs, 3 label fractions) prints ~125-145 lines
 TIME_OF_DAY = re.compile(r"\b\d\d:\d\d:\d\d\b")
 
 
@@ -50,6 +50,7 @@ def test_every_stage_runs_then_a_second_run_recomputes_nothing(project):
     stages = [stage for stage in yaml.safe_load((project.root / "dvc.yaml").read_text())["stages"]
               if stage != SOURCE_CHECK]
     lines = run_flows(project, "--preset", "tiny", "--set", TRANSFER)
+    (project.root.parent / "first-run.log").write_text("\n".join(lines))  # to read after a failure
     assert_one_voice(lines)
     print(f"first run: {len(lines)} lines")
     assert len(lines) <= LINE_BUDGET, "\n".join(lines)
