@@ -17,7 +17,11 @@ from tests.flows.conftest import project_with_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TRANSFER = "data.transfer=[{kind: digits, path: null, name: digits}]"  # the transfer stage needs one
-LINE_BUDGET = 150  # a successful tiny run (2 epochs, 3 label fractions) prints ~125-145 lines
+# A successful tiny run (2 epochs, 3 label fractions) prints ~125 lines, warnings included. Not
+# budgeted: WARNING/ERROR records and their tracebacks, which depend on the host (on an
+# overloaded one Ray's controller prints timeouts with their tracebacks; they stay visible).
+LINE_BUDGET = 140
+NOISE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (?:WARNING|ERROR|CRITICAL) ")
 TIME_OF_DAY = re.compile(r"\b\d\d:\d\d:\d\d\b")
 
 
@@ -52,8 +56,9 @@ def test_every_stage_runs_then_a_second_run_recomputes_nothing(project):
     lines = run_flows(project, "--preset", "tiny", "--set", TRANSFER)
     (project.root.parent / "first-run.log").write_text("\n".join(lines))  # to read after a failure
     assert_one_voice(lines)
-    print(f"first run: {len(lines)} lines")
-    assert len(lines) <= LINE_BUDGET, "\n".join(lines)
+    print(f"first run: {len(lines)} lines, {sum(bool(NOISE.match(x)) for x in lines)} warnings/errors")
+    budgeted = [line for line in lines if not NOISE.match(line)]
+    assert len(budgeted) <= LINE_BUDGET, "\n".join(lines)
     text = "\n".join(lines)
     assert f"pipeline finished: {', '.join(f'{stage} ran' for stage in stages)}" in text
     assert "pretrain: epoch 2/2 step" in text and " img/s " in text and " ETA " in text
