@@ -122,7 +122,7 @@ def describe(obj: RemoteObject) -> str:
 
 
 # ----------------------------------------------------------------------------- commands
-def _verify_command(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+def _verify_command(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
     name, results = verify(".", args.remote)
     bad = [obj for obj in results if obj.problem]
     print(f"remote {name}: {len(results)} object(s) checked, {len(bad)} bad")
@@ -143,7 +143,7 @@ def _verify_command(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     return 0
 
 
-def _pull_command(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+def _pull_command(args: argparse.Namespace, cfg: PipelineConfig | None) -> int:
     dvc = str(Path(sys.executable).parent / "dvc")
     remote = ["--remote", args.remote] if args.remote else []
     pulled = subprocess.run([dvc, "pull", *remote, *args.targets])
@@ -161,17 +161,19 @@ def _pull_command(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(reads_params=False)  # DVC's own config (.dvc/config), not params.yaml
     parser.add_argument("--remote", default=None, help="DVC remote (default: the default remote)")
     parser.add_argument("--repair", action="store_true",
                         help="re-upload each bad object from the local cache (checked first)")
 
 
 def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(reads_params=False)
     parser.add_argument("--remote", default=None, help="DVC remote (default: the default remote)")
     parser.add_argument("targets", nargs="*", help="stages or outputs (default: all)")
 
 
-Handler = Callable[[argparse.Namespace, PipelineConfig], int]
+Handler = Callable[[argparse.Namespace, PipelineConfig | None], int]  # no params file read: None
 COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = {
     "verify-remote": ("re-hash the DVC remote's objects for dvc.lock; --repair re-uploads bad ones",
                       _verify_command, _verify_arguments),

@@ -7,6 +7,10 @@ No Prefect server is needed: without ``PREFECT_API_URL`` Prefect starts a tempor
 (its database under ``<project>/.prefect``). ``--preset``/``--set`` are written into
 ``params.yaml`` before any stage runs (as ``dvc exp run -S`` does).
 
+The run logs through Prefect's console handler (stderr), one timestamp per line, in colour only
+on a terminal, and ends with its closing summary (stages, results, registry decision, where the
+MLflow run and the Prefect artifact are).
+
 Exit status: 0 done; 2 bad input, or another run holds the checkout (one ``error:`` line);
 128 + N when stopped by signal N (SIGTERM, SIGINT); 1 anything else. The checkout's run lock is
 taken before Prefect starts, so two flows starting together never race on Prefect's database,
@@ -39,6 +43,8 @@ def prepare_environment(project: Path) -> None:
     """Settings for a self-contained local run; values already set in the environment win."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    if not sys.stderr.isatty():  # a log file or a pipe: no colour codes (Prefect's console is stderr)
+        os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
     if not os.environ.get("PREFECT_API_URL"):  # set but empty: Prefect's events client fails
         os.environ.pop("PREFECT_API_URL", None)
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
@@ -106,10 +112,7 @@ def run_flow(args: argparse.Namespace, project: Path) -> int:
             return EXIT_BAD_INPUT
         print(f"error: pipeline {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
-    for stage, outcome in state.result().items():
-        print(f"{stage:12s} {outcome}")
-    print_results_table(project)
-    return 0
+    return 0  # the flow's closing summary said what ran, the results and where to look
 
 
 def failure_of(state: Any) -> BaseException | None:
@@ -151,16 +154,6 @@ class _NoBadInputTraceback(logging.Filter):
 def hide_bad_input_tracebacks() -> None:
     for handler in {*logging.getLogger().handlers, *logging.getLogger("prefect").handlers}:
         handler.addFilter(_NoBadInputTraceback())
-
-
-def print_results_table(project: Path) -> None:
-    """The report stage's table, so a run ends with its numbers next to their baselines."""
-    from components.config import load_config
-    from components.stage_api import StagePaths
-
-    table = project / StagePaths.of(load_config(project / "params.yaml")).results
-    if table.is_file():
-        print(f"\n{table.read_text()}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,15 @@ is (nothing new in the sources, no code or params change) it logs that and retur
 opening an MLflow run, so a weekly schedule leaves no empty runs behind.
 
 MLflow: one parent run per flow run that runs something (tagged with the Prefect flow-run id); every stage's run is
-its child through ``SIMCLR_PARENT_RUN_ID``. The results table (``outputs/report/results.md``) is
-published as the markdown artifact ``simclr-results`` with a link to the parent run.
+its child through ``SIMCLR_PARENT_RUN_ID``. The run's outcome (stages, registry decision, the
+results table's headline) is published as the markdown artifact ``simclr-results`` with a link to
+the parent run, and every run, also a failed or a no-op one, ends with a short closing summary
+(:mod:`flows.summary`).
+
+Logs: each stage's output is relayed line by line through Prefect's logger, at the line's own
+level (:class:`components.logs.LineLevels`: a Ray warning is a WARNING); the stage is told so
+(``SIMCLR_LOG_RELAYED=1``) and writes no timestamps and no metric dumps. DVC's answer to "what is
+stale" is one line per check (its JSON at debug level).
 
 Safety (infra/README.md, "What each failure does"): the flow holds the checkout's run lock
 (:mod:`components.run_lock`) and its stages run under it; RUNNING MLflow runs of dead processes
@@ -47,9 +54,11 @@ from prefect.tasks import exponential_backoff
 
 from components.config import PipelineConfig, apply_to_params_file
 from components.errors import EXIT_BAD_INPUT, ConfigError
+from components.logs import RELAYED_ENV, LineLevels
 from components.process_guard import stop_process_tree
 from components.run_lock import RunLock, run_lock
-from components.stage_api import PARENT_RUN_ENV, STAGE_NAMES, StagePaths
+from components.stage_api import PARENT_RUN_ENV, STAGE_NAMES
+from flows.summary import RunRecord, closing_summary, registry_outcome, results_markdown
 
 FLOW_NAME = "simclr-pipeline"
 ARTIFACT_KEY = "simclr-results"
@@ -101,11 +110,18 @@ def apply_params(project: Path, preset: str | None, overrides: list[str]) -> Pip
 
 
 # ----------------------------------------------------------------------------- dvc
+# The stage's output is relayed line by line: no timestamps of its own, no progress bars
+# (redrawn with \r, each redraw would be a line), no colour.
+RELAYED_OUTPUT_ENV = {RELAYED_ENV: "1", "TQDM_DISABLE": "1",
+                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "RAY_COLOR_PREFIX": "0",
+                      "NO_COLOR": "1"}
+
+
 def dvc_env(parent_run_id: str | None, lock: RunLock) -> dict[str, str]:
     """The stage subprocess environment: venv first on PATH (``simclr``), MLflow parent, the run
-    lock's token (the stage runs under the flow's lock), no analytics."""
+    lock's token (the stage runs under the flow's lock), no analytics, relayed output."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1", **lock.child_env()}
+           "DVC_NO_ANALYTICS": "1", **RELAYED_OUTPUT_ENV, **lock.child_env()}
     if parent_run_id:
         env[PARENT_RUN_ENV] = parent_run_id
     flow_run_id = flow_run.id
@@ -114,15 +130,21 @@ def dvc_env(parent_run_id: str | None, lock: RunLock) -> dict[str, str]:
     return env
 
 
-def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) -> list[str]:
+def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str],
+               echo: bool = True) -> list[str]:
     """Run ``args`` in ``project``, streaming its output to the Prefect logger; the output lines.
 
+    Each line is logged at its own level (:class:`~components.logs.LineLevels`: warnings as
+    warnings), without a timestamp of its own; ``echo=False`` logs every line at debug level.
     Raises :class:`StageFailed` with the last lines of output when it exits non-zero. The command
     runs in its own process group: if this process is interrupted (SIGTERM/SIGINT raise
     :class:`~components.process_guard.Terminated`), it is stopped with every process it started
     before re-raising.
     """
+    import logging
+
     logger = get_run_logger()
+    levels = LineLevels()
     lines: list[str] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.PIPE,
@@ -132,7 +154,8 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
         for raw in proc.stdout:
             for line in raw.rstrip("\n").split("\r"):  # progress bars redraw with \r
                 if line.strip():
-                    logger.info("[%s] %s", stage, line)
+                    level, text = levels(line)
+                    logger.log(level if echo else logging.DEBUG, "%s", text)
                     lines.append(line)
                     tail.append(line)
         returncode = proc.wait()
@@ -150,18 +173,76 @@ def run_logged(stage: str, args: list[str], project: Path, env: dict[str, str]) 
 
 def stale_stages(stages: list[str], project: Path, env: dict[str, str],
                  label: str = "status") -> dict[str, Any]:
-    """DVC's answer for these stages (one ``dvc status``): ``{stage: what changed}``, stale only."""
+    """DVC's answer for these stages (one ``dvc status``): ``{stage: what changed}``, stale only.
+
+    Its JSON goes to the debug log; :func:`describe_stale` is the line a person reads.
+    """
     import json
 
-    out = run_logged(label, [str(VENV_BIN / "dvc"), "status", "--json", *stages], project, env)
+    out = run_logged(label, [str(VENV_BIN / "dvc"), "status", "--json", *stages], project, env,
+                     echo=False)
     documents = [line for line in out if line.lstrip().startswith("{")]
     status = json.loads(documents[-1]) if documents else {}
     return {stage: status[stage] for stage in stages if status.get(stage)}
 
 
-def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> dict[str, Any]:
+def stage_is_stale(stage: str, project: Path, env: dict[str, str]) -> Any:
     """DVC's answer for this one stage: ``{}`` when up to date, else what changed."""
     return stale_stages([stage], project, env, stage).get(stage) or {}
+
+
+def describe_changes(changes: Any, limit: int = 2) -> str:
+    """DVC's status entry of one stage, short: ``deps changed: a, b (+3)``, ``params changed:
+    pretrain.epochs``, ``outs changed: x``, ``always changed``, ``changed command``."""
+    if not isinstance(changes, list):
+        return str(changes)
+    parts: list[str] = []
+
+    def named(what: str, names: list[str]) -> None:
+        more = f" (+{len(names) - limit})" if len(names) > limit else ""
+        parts.append(f"{what}: {', '.join(names[:limit])}{more}")
+
+    for entry in changes:
+        if isinstance(entry, str):
+            parts.append(entry)
+            continue
+        for kind, paths in (entry or {}).items():
+            files, params = [], []
+            for path, state in (paths or {}).items():
+                if isinstance(state, dict):  # a params file: {key: "modified" | "new" | ...}
+                    params += list(state)
+                else:
+                    files.append(path)
+            what = kind.removeprefix("changed ")
+            if files:
+                named(f"{what} changed", files)
+            if params:
+                named("params changed", params)
+    return "; ".join(parts) or "changed"
+
+
+def describe_stale(stale: dict[str, Any], locked: set[str] | None = None) -> str:
+    """One line for DVC's answer: ``stale: ingest (deps changed: ...), report, register (never
+    run)``; a stage missing from ``locked`` (the stages ``dvc.lock`` records) is ``never run``."""
+    def why(stage: str, changes: Any) -> str:
+        return "never run" if locked is not None and stage not in locked else describe_changes(changes)
+
+    groups: list[tuple[list[str], str]] = []  # neighbours with the same reason share it
+    for stage, changes in stale.items():
+        reason = why(stage, changes)
+        if groups and groups[-1][1] == reason:
+            groups[-1][0].append(stage)
+        else:
+            groups.append(([stage], reason))
+    return "stale: " + ", ".join(f"{', '.join(stages)} ({reason})" for stages, reason in groups)
+
+
+def locked_stages(project: Path) -> set[str]:
+    """The stages ``dvc.lock`` records (a run of each is on record)."""
+    lock = project / "dvc.lock"
+    if not lock.is_file():
+        return set()
+    return set((yaml.safe_load(lock.read_text()) or {}).get("stages") or {})
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -210,7 +291,8 @@ def run_stage(stage: str, project_dir: str, parent_run_id: str | None) -> str:
         if not changes:
             logger.info("stage %s: %s", stage, SKIPPED)
             return SKIPPED
-        logger.info("stage %s is stale: %s", stage, changes)
+        reason = describe_changes(changes) if stage in locked_stages(project) else "never run"
+        logger.info("stage %s: running (%s)", stage, reason)
         try:
             run_logged(stage, [str(VENV_BIN / "dvc"), "repro", "--single-item", stage], project, env)
         except StageFailed:
@@ -241,25 +323,29 @@ def stage_task(stage: str, retry_backoff_s: float) -> Any:
 
 
 # ----------------------------------------------------------------------------- tracking
-def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    fragment = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"[MLflow run {run_id}]({tracking_uri.rstrip('/')}/{fragment})"
-    return (f"MLflow run `{run_id}` (experiment {experiment_id}) in `{tracking_uri}`: "
-            f"`mlflow ui --backend-store-uri {tracking_uri}` then open `/{fragment}`")
-
-
-def results_markdown(project: Path, cfg: PipelineConfig, outcomes: dict[str, str],
-                     link: str) -> str:
-    results = project / StagePaths.of(cfg).results  # an absolute paths.outputs stays absolute
-    parts = ["# SimCLR pipeline run", "", link, "", "| stage | outcome |", "|---|---|"]
-    parts += [f"| {stage} | {outcome} |" for stage, outcome in outcomes.items()]
-    parts += [""]
-    if results.is_file():
-        parts += ["## Results", "", results.read_text()]
+def publish_outcome(project: Path, cfg: PipelineConfig, outcomes: dict[str, str], record: RunRecord,
+                    tracker: Any, artifact: bool = True) -> None:
+    """The run's ``simclr-results`` artifact (``artifact``) and its closing summary (the last log
+    record). Never raises: a failure here must not mask the stages' outcome."""
+    logger = get_run_logger()
+    registry = None
+    with contextlib.suppress(Exception):
+        registry = registry_outcome(cfg, project, tracker.client)
+    if artifact:
+        try:
+            create_markdown_artifact(results_markdown(cfg, project, outcomes, record, registry),
+                                     key=ARTIFACT_KEY, description="SimCLR pipeline run: stages, "
+                                     "registry decision, results")
+        except Exception as err:  # noqa: BLE001 - never mask the stage's own failure
+            logger.warning("could not publish the %s artifact: %s", ARTIFACT_KEY, err)
+    try:
+        summary = closing_summary(cfg, project, outcomes, record, registry, ARTIFACT_KEY)
+    except Exception as err:  # noqa: BLE001
+        summary = f"pipeline {record.status}: {outcomes} (no summary: {err})"
+    if record.status in ("FINISHED", "NOTHING_TO_DO"):
+        logger.info("%s", summary)
     else:
-        parts += [f"_No results table yet ({results} is written by the report stage)._"]
-    return "\n".join(parts)
+        logger.error("%s", summary)
 
 
 # ----------------------------------------------------------------------------- flow
@@ -333,10 +419,12 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
                        "itself", str(err).splitlines()[0])
         stale = dict.fromkeys(selected, "unknown")
     if not stale:  # DVC's answer first: a run with nothing new opens no MLflow run
-        logger.info("nothing to do: the sources are unchanged and every stage is up to date "
-                    "(no MLflow run opened)")
         outcomes.update({stage: SKIPPED for stage in selected})
+        publish_outcome(project, cfg, outcomes, RunRecord("NOTHING_TO_DO", tracker.tracking_uri,
+                                                          tracker.experiment_id, None),
+                        tracker, artifact=False)
         return outcomes
+    logger.info("%s", describe_stale(stale, locked_stages(project)))
 
     with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
         tracking_uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
@@ -362,10 +450,6 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
         if pending and status != "FINISHED":
             outcomes[pending.pop(0)] = "failed" if status == "FAILED" else "stopped"
         outcomes.update({stage: "not run" for stage in pending})
-        link = mlflow_run_link(tracking_uri, experiment_id, parent)
-        try:
-            create_markdown_artifact(results_markdown(project, cfg, outcomes, link),
-                                     key=ARTIFACT_KEY, description=f"SimCLR pipeline results; {link}")
-        except Exception as err:  # noqa: BLE001 - never mask the stage's own failure
-            logger.warning("could not publish the %s artifact: %s", ARTIFACT_KEY, err)
+        record = RunRecord(status, tracking_uri, experiment_id, parent, flow_run.ui_url)
+        publish_outcome(project, cfg, outcomes, record, tracker)
     return outcomes

@@ -159,6 +159,7 @@ def finetune(
              runtime.device)
     history: list[dict[str, Any]] = []
     step = 0
+    log_every = max(1, math.ceil(epochs / 4))
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
@@ -200,8 +201,11 @@ def finetune(
         else:
             row["val_top1"] = monitor_top1
         history.append(row)
-        log.info("%s: epoch %d/%d loss %.4f train_top1 %.3f val_top1 %.3f", name, epoch + 1,
-                 epochs, row["train_loss"], row["train_top1"], row["val_top1"])
+        # about 4 lines per run at INFO (a 1%-label run can be 25 short epochs), all at DEBUG
+        shown = (epoch + 1) % log_every == 0 or epoch == epochs - 1
+        log.log(logging.INFO if shown else logging.DEBUG,
+                "%s: epoch %d/%d loss %.4f train_top1 %.3f val_top1 %.3f", name, epoch + 1,
+                epochs, row["train_loss"], row["train_top1"], row["val_top1"])
     model.eval()
     seconds = time.perf_counter() - started
     log.info("%s: done in %.1f s, val_top1 %.4f", name, seconds, val_top1)

@@ -145,8 +145,8 @@ def choose_linear_probe(
         previous = solutions[l2] = (weight, bias)
         predictions = (z_va @ weight.T + bias).argmax(dim=1)
         val_accuracy[l2] = float((predictions == y_va).float().mean())
-        log.info("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
-                 val_accuracy[l2], len(z_tr), len(z_va))
+        log.debug("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
+                  val_accuracy[l2], len(z_tr), len(z_va))  # the choice is in the summary line
     chosen = max(grid, key=lambda l2: val_accuracy[l2])  # first maximum = strongest L2
     x_all, y_all = torch.cat([x_tr, x_va]), torch.cat([y_tr, y_va])
     mean, std = _standardiser(x_all)

@@ -116,6 +116,20 @@ def budget(metrics: dict[str, float], metric: str | None) -> str:
     return text
 
 
+def headline_markdown(metrics: dict[str, float]) -> str:
+    """The results table's headline in four columns (fits a terminal and Prefect's artifact page):
+    protocol, SimCLR test (val), first baseline test, gain in points. ``results_markdown`` has
+    every column."""
+    lines = ["| Protocol | SimCLR test (val) | Baseline test | Gain |", "|---|---:|---|---:|"]
+    for row in results_rows(metrics):
+        gain = row.gain
+        val = _val(metrics, row.metric)
+        lines.append(f"| {row.protocol} | {_pct(row.value)}{'' if val == '-' else f' ({val})'} | "
+                     f"{row.baseline or '-'} {_pct(row.baseline_value)} | "
+                     f"{'-' if gain is None else f'{100 * gain:+.2f}'} |")
+    return "\n".join(lines)
+
+
 def results_markdown(metrics: dict[str, float], extra: dict[str, dict[str, float]] | None = None) -> str:
     """The results table (percent, gains in points) plus reference tables of other metrics."""
     lines = ["# Results", "",

@@ -5,6 +5,12 @@
 
 A :class:`~components.errors.PipelineError` (bad config, bad data, registry refusal) prints one
 ``error: ...`` line and exits with status 2; anything else is a bug and keeps its traceback.
+
+Run by hand a stage logs ``time level logger: message`` and prints its metrics as JSON; under the
+flow (``SIMCLR_LOG_RELAYED=1``, :mod:`components.logs`) it logs ``level message`` (Prefect adds
+the time) and the metrics go to the debug log. Commands other than the stages and ``params``
+take only what they read: ``--params`` for the registry commands (model name, store), nothing
+for the DVC remote commands.
 """
 
 from __future__ import annotations
@@ -20,16 +26,25 @@ import yaml
 
 from components.config import PipelineConfig, load_config
 from components.errors import EXIT_BAD_INPUT, PipelineError
+from components.logs import relayed, stage_log_format
 from components.stage_api import STAGES
 
 # Stages that write nothing into the checkout, so no run lock: `register` only changes the
 # registry, whose alias updates have their own lock (concurrent registrations are supported).
 UNLOCKED_STAGES = frozenset({"register"})
+# An extra command whose arguments set this default to False reads no params file (its handler
+# gets cfg=None): the DVC remote commands.
+READS_PARAMS = "reads_params"
 Command = Callable[[argparse.Namespace, PipelineConfig], int]
+log = logging.getLogger(__name__)
+
+
+def _add_params_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    _add_params_argument(parser)
     parser.add_argument("--preset", default=None,
                         help="preset name under presets/ or a YAML file merged over the params")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -46,7 +61,9 @@ def _run_stage(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         if args.command not in UNLOCKED_STAGES:
             guards.enter_context(run_lock(".", f"simclr {args.command}"))
         result = run_stage(cfg, args.command)
-    if result.metrics:
+    if result.metrics and relayed():  # the flow shows the results table at the end
+        log.debug("metrics: %s", json.dumps(result.metrics, sort_keys=True))
+    elif result.metrics:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
 
@@ -63,16 +80,17 @@ def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.Argumen
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Command] = {}
     for stage in STAGES:
-        sub = commands.add_parser(stage.name, help=stage.help)
+        sub = commands.add_parser(stage.name, help=stage.help, description=stage.help)
         _add_config_arguments(sub)
         handlers[stage.name] = _run_stage
-    sub = commands.add_parser("params", help="print the merged, validated configuration")
+    sub = commands.add_parser("params", help="print the merged, validated configuration as YAML")
     _add_config_arguments(sub)
     handlers["params"] = _print_params
     for name, (help_text, handler, add_arguments) in (extra or {}).items():
-        sub = commands.add_parser(name, help=help_text)
-        _add_config_arguments(sub)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
+        if sub.get_default(READS_PARAMS) is not False:
+            _add_params_argument(sub)
         handlers[name] = handler
     return parser, handlers
 
@@ -89,9 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser(extra_commands())
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=stage_log_format())
     try:
-        cfg = load_config(args.params, args.preset, args.overrides)
+        cfg = (load_config(args.params, getattr(args, "preset", None), getattr(args, "overrides", []))
+               if hasattr(args, "params") else None)
         return handlers[args.command](args, cfg)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -32,6 +32,7 @@ from torch import nn
 from components.config import PipelineConfig
 from components.data.store import CanonicalDataset
 from components.errors import ConfigError
+from components.logs import progress_log_format
 from components.training.checkpointing import TrainingState, capture_rng, restore_rng
 from components.training.sampling import epoch_permutation, local_batch_indices, step_generator
 
@@ -137,7 +138,7 @@ def progress_logger() -> logging.Logger:
     logger = logging.getLogger("components.training.progress")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s pretrain: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(*progress_log_format()))  # no time under the flow
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -161,7 +162,9 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
                  hooks: Sequence[Hook] = (), log_every: int = 0) -> list[dict[str, Any]]:
     """Train ``cfg.pretrain.epochs`` epochs (from ``worker.restored`` on); the full history.
 
-    ``log_every``: steps between progress lines on rank 0 (0: about 4 per epoch).
+    ``log_every``: steps between progress lines on rank 0 (0: one in mid-epoch); every epoch
+    ends with its ``done`` line (loss, accuracy, lr, img/s, kNN monitor, ETA) in place of the
+    step line of its last step.
     """
     import torch.distributed as dist
 
@@ -211,7 +214,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
                            pre.channels_last)
-    log_every = log_every or max(1, steps_per_epoch // 4)
+    log_every = log_every or max(1, steps_per_epoch // 2)
     run_start, run_start_step = time.perf_counter(), step
     config_json = cfg.model_dump(mode="json")
 
@@ -229,7 +232,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
             loss, acc, lr = out["loss"], out["contrastive_acc"], out["lr"]
             loss_sum += loss
             acc_sum += acc
-            if rank == 0 and (i + 1) % log_every == 0:
+            if rank == 0 and (i + 1) % log_every == 0 and i + 1 < steps_per_epoch:
                 rate = (step - run_start_step) / max(time.perf_counter() - run_start, 1e-9)
                 logger.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.4g img/s %.0f ETA %s",
                             epoch + 1, pre.epochs, step, total_steps, loss, acc, lr,
@@ -254,9 +257,10 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
         if rank == 0:
             remaining = (pre.epochs - epoch - 1) * epoch_time
             knn = f" knn_top1 {row['knn_top1']:.3f}" if "knn_top1" in row else ""
-            logger.info("epoch %d/%d done: loss %.4f acc %.3f lr %.4g img/s %.0f%s ETA %s",
-                        epoch + 1, pre.epochs, row["loss"], row["contrastive_acc"], lr,
-                        row["images_per_s"], knn, format_eta(remaining))
+            logger.info("epoch %d/%d done: step %d/%d loss %.4f acc %.3f lr %.4g img/s %.0f%s "
+                        "ETA %s", epoch + 1, pre.epochs, step, total_steps, row["loss"],
+                        row["contrastive_acc"], lr, row["images_per_s"], knn,
+                        format_eta(remaining))
         checkpoint = (epoch + 1) % pre.checkpoint_every == 0 or last
         state = TrainingState(
             model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,

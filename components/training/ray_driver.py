@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 from components.config import PipelineConfig
 from components.errors import PipelineError
+from components.logs import RELAYED_ENV, relayed
 from components.training.checkpointing import load_training_state
 from components.training.loop import Hook, PretrainOutcome, run_name_for, validate
 
@@ -71,8 +73,10 @@ def connect_ray(cfg: PipelineConfig) -> float:
         return 0.0
     start = time.perf_counter()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    common = {"logging_level": logging.WARNING, "log_to_driver": True,
-              "runtime_env": {"worker_process_setup_hook": quiet_worker_logs}}
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": quiet_worker_logs}
+    if relayed():  # workers of a remote cluster do not inherit this process's environment
+        runtime_env["env_vars"] = {RELAYED_ENV: "1"}
+    common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
     if address:
         ray.init(address=address, **common)
     else:
@@ -84,19 +88,41 @@ def connect_ray(cfg: PipelineConfig) -> float:
 def quiet_worker_logs() -> None:
     """Runs in every Ray worker process of the job (``worker_process_setup_hook``).
 
-    Ray Train's detached ``PlacementGroupCleaner`` polls the State API, which lives in the
+    Ray Train's per-report dumps go. Ray Train's detached ``PlacementGroupCleaner`` polls the State API, which lives in the
     dashboard; a local instance runs without one (fewer processes on a 2-core machine), so
     every poll logs the same warning. The local instance and its placement groups end with
     the stage, so the cleaner has nothing to do there.
     """
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner"
                       ).setLevel(logging.ERROR)
+    # "Reporting training result N: TrainingReport(...)", once per worker per epoch: Ray Train
+    # logs it under the module's file path (outside `ray.train`, so RunConfig's logging_config
+    # does not reach it) into the worker's root logger
+    import importlib.util
+
+    try:
+        context = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    except ImportError:  # another Ray Train layout: its dumps stay
+        context = None
+    if context is not None and context.origin:
+        logging.getLogger(context.origin).setLevel(logging.WARNING)
 
 
 def _quiet_ray_logs() -> None:
-    """Ray's own INFO chatter drowns the training progress lines."""
+    """Ray's own INFO chatter drowns the training progress lines.
+
+    Before ``import ray`` (Ray reads these at import): under the flow, whose logger names the
+    stage and timestamps each line, the workers' ``(RayTrainWorker pid=...)`` prefix goes; off
+    a terminal, so do its colour codes. Ray Train's per-report ``Reporting training result``
+    lines and checkpoint notes are INFO of ``ray.train``: ``RunConfig.logging_config`` keeps
+    its warnings only (:func:`run_pretraining`).
+    """
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if relayed():
+        os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+    if relayed() or not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     for name in ("ray", "ray.train", "ray.data", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -147,6 +173,7 @@ def run_pretraining(
             name=name, storage_path=ray_storage, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     log.info("pretrain: Ray run %s, storage %s, %d worker(s)", name, storage, cfg.ray.num_workers)

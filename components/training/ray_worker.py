@@ -30,7 +30,7 @@ class PretrainJob:
     dataset_path: str  # absolute path of the canonical data set, readable by every worker
     run_name: str
     hooks: tuple[Hook, ...] = field(default_factory=tuple)
-    log_every: int = 0  # steps between progress lines on rank 0; 0: about 4 per epoch
+    log_every: int = 0  # steps between progress lines on rank 0; 0: one in mid-epoch
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
