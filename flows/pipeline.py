@@ -18,7 +18,9 @@ whether any selected stage is stale; when none
 is (nothing new in the sources, no code or params change) it logs that and returns without
 opening an MLflow run, so a weekly schedule leaves no empty runs behind.
 
-MLflow: one parent run per flow run that runs something (tagged with the Prefect flow-run id); every stage's run is
+MLflow: one parent run per flow run that runs something (tagged with the Prefect flow-run id;
+named, described and given the headline metrics, results table and key plots by
+``components.tracking.runs.start_pipeline_run``/``finish_pipeline_run``); every stage's run is
 its child through ``SIMCLR_PARENT_RUN_ID``. The run's outcome (stages, registry decision, the
 results table's headline) is published as the markdown artifact ``simclr-results`` with a link to
 the parent run, and every run, also a failed or a no-op one, ends with a short closing summary
@@ -392,7 +394,7 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
                   outcomes: dict[str, str]) -> dict[str, str]:
     from components.tracking.runs import (
         Tracker,
-        end_pipeline_run,
+        finish_pipeline_run,
         start_pipeline_run,
         sweep_stale_runs,
     )
@@ -428,7 +430,9 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
 
     with contextlib.chdir(project):  # lineage (git, dvc.lock, manifests) is read from the cwd
         tracking_uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
-        parent = start_pipeline_run(cfg, f"pipeline-{flow_run.name or 'local'}", tracker)
+        parent = start_pipeline_run(cfg, tracker, preset=preset, overrides=list(overrides or []),
+                                    stages=selected,
+                                    launched_by=f"Prefect flow run {flow_run.name or 'local'}")
         tracker.client.set_tag(parent, "prefect_flow_run_id", str(flow_run.id or ""))
     logger.info("MLflow parent run %s (%s)", parent, tracking_uri)
     status = "FAILED"
@@ -441,11 +445,8 @@ def _run_pipeline(project: Path, preset: str | None, overrides: list[str] | None
             status = "KILLED"
         raise
     finally:
-        with contextlib.chdir(project):
-            lock = project / "dvc.lock"
-            if lock.is_file():  # the stage hashes this run ended with: `dvc repro` reproduces them
-                tracker.client.log_artifact(parent, str(lock), "lineage/after")
-            end_pipeline_run(parent, status, tracker=tracker)
+        with contextlib.chdir(project):  # dvc.lock, headline metrics, results and plots
+            finish_pipeline_run(parent, cfg, tracker, status, project)
         pending = [stage for stage in selected if stage not in outcomes]
         if pending and status != "FINISHED":
             outcomes[pending.pop(0)] = "failed" if status == "FAILED" else "stopped"

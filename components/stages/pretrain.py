@@ -18,6 +18,7 @@ from components.data.store import CanonicalDataset
 from components.evaluation.plots import new_figure, save_figure
 from components.io import write_json
 from components.stage_api import StageContext, StagePaths, StageResult
+from components.training.loop import MONITOR_METRIC
 from components.training.ray_driver import PretrainOutcome, run_pretraining
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 RUN_VARYING = ("images_per_s", "epoch_time_s", "epoch_cpu_s", "resumed_from")
 HISTORY_FILE = "history.json"  # one row per epoch, every row the same keys (dvc plots needs that)
 MONITOR_FILE = "knn_monitor.json"  # the kNN monitor's rows (measured every knn_every epochs)
-MONITOR_COLUMNS = ("knn_top1",)  # always in MONITOR_FILE, even when measured every epoch
+MONITOR_COLUMNS = (MONITOR_METRIC,)  # always in MONITOR_FILE, even when measured every epoch
 
 
 def split_history(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -88,7 +89,7 @@ def summary_metrics(cfg: PipelineConfig, outcome: PretrainOutcome
     of the inputs), MLflow and the untracked timings file both."""
     history = outcome.history
     last = history[-1] if history else {}
-    knn = [row["knn_top1"] for row in history if "knn_top1" in row]
+    knn = [row[MONITOR_METRIC] for row in history if MONITOR_METRIC in row]
     fresh = [row for row in history if row.get("resumed_from", 0) == history[-1]["resumed_from"]] \
         if history else []
     metrics = {
@@ -99,9 +100,9 @@ def summary_metrics(cfg: PipelineConfig, outcome: PretrainOutcome
         "num_workers": float(cfg.ray.num_workers),
     }
     if knn:
-        metrics["knn_top1"] = float(knn[-1])
+        metrics[MONITOR_METRIC] = float(knn[-1])
     timings = {
-        "images_per_s": float(sum(r["images_per_s"] for r in fresh) / max(len(fresh), 1)),
+        "mean_images_per_s": float(sum(r["images_per_s"] for r in fresh) / max(len(fresh), 1)),
         "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
         "wall_time_s": float(outcome.wall_time_s),
         "resumed_from": float(last.get("resumed_from", 0)),
@@ -118,11 +119,11 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("loss")
     for resumed in sorted({row.get("resumed_from", 0) for row in history} - {0}):
         ax.axvline(resumed, linestyle=":", color="grey", label=f"resumed after epoch {resumed}")
-    knn = [(row["epoch"], row["knn_top1"]) for row in history if "knn_top1" in row]
+    knn = [(row["epoch"], row[MONITOR_METRIC]) for row in history if MONITOR_METRIC in row]
     if knn:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*knn, strict=True), marker="s", color="tab:orange", label="kNN top-1")
-        ax2.set_ylabel("kNN top-1")
+        ax2.plot(*zip(*knn, strict=True), marker="s", color="tab:orange", label="kNN monitor top-1")
+        ax2.set_ylabel("kNN monitor top-1")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left" if not knn else "lower left")

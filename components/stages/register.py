@@ -2,8 +2,10 @@
 
 Reads ``outputs/pretrain/encoder.pt`` (``save_encoder`` format) and every
 ``outputs/<stage>/metrics.json``; logs the encoder (fine-tunable checkpoint copy + pt2 inference
-copy) into the stage's MLflow run, registers it under ``cfg.registry.model_name`` with the headline
-metrics and lineage as tags, points ``challenger`` at it, then applies the promotion gate
+copy) into the stage's MLflow run, registers it under ``cfg.registry.model_name`` with a handful
+of tags (:data:`VERSION_TAGS`: the gate's decision and metric, git commit, data hash, run links),
+its metrics on the logged model and the encoder's details (architecture, input, Ray run, config
+digest) as the logged model's params, points ``challenger`` at it, then applies the promotion gate
 (``cfg.registry.gate``): on a pass ``champion`` moves to it and the old champion becomes
 ``previous-champion``; otherwise no alias but ``challenger`` changes and the reason is recorded.
 Rerunning it on the same encoder file with the same metrics reuses that version (no duplicate).
@@ -25,14 +27,9 @@ from mlflow.entities.model_registry import ModelVersion
 from components.config import PipelineConfig
 from components.errors import PipelineError
 from components.io import file_sha256
-from components.stage_api import (
-    EVALUATION_STAGES,
-    StageContext,
-    StagePaths,
-    StageResult,
-    read_metrics,
-)
+from components.stage_api import StageContext, StagePaths, StageResult
 from components.tracking.gate import GateDecision, paired_test_metric
+from components.tracking.headline import collect_metrics, model_metrics
 from components.tracking.lineage import lineage_tags
 from components.tracking.registry import (
     CHAMPION,
@@ -44,17 +41,10 @@ from components.tracking.registry import (
 )
 
 log = logging.getLogger(__name__)
-CANDIDATE_STAGES = (*EVALUATION_STAGES, "report", "pretrain")  # the encoder's; evaluations first
-
-
-def collect_metrics(paths: StagePaths) -> dict[str, float]:
-    """Every number in the ``metrics.json`` of :data:`CANDIDATE_STAGES`; a name seen twice keeps
-    the first (in stage order) and the later one is kept as ``<stage>.<name>``."""
-    merged: dict[str, float] = {}
-    for stage in CANDIDATE_STAGES:
-        for key, value in read_metrics(paths.metrics_file(stage)).items():
-            merged[key if key not in merged else f"{stage}.{key}"] = value
-    return merged
+# A version's tags (besides gate/gate_reason, set after the gate, promoted_by and
+# inference_model_uri): the decision's inputs and the links, nothing else
+VERSION_TAGS = ("gate_metric", "gate_metric_value", "git_commit", "git_dirty",
+                "data_content_hash", "pretrain_run_id", "register_run_id", "encoder_sha256")
 
 
 def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
@@ -75,32 +65,38 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     encoder_sha = file_sha256(checkpoint)
     pretrain_run = _pretrain_run_id(client, experiment_id, encoder_sha)
     meta = spec.meta or {}
-    tags = {k: v for k, v in lineage_tags(cfg, Path.cwd()).items()
-            if k in ("git_commit", "git_dirty", "params_digest", "prefect_flow_run_id")
-            or k.startswith("data.")}
-    tags.update({
-        "encoder_sha256": encoder_sha,
+    lineage = lineage_tags(cfg, Path.cwd())
+    candidate = model_metrics(metrics)  # the logged model's metrics (counters are not metrics)
+    tags = {
+        "gate_metric": gate.metric,
+        "gate_metric_value": (f"{candidate[gate.metric]:.4f}" if gate.metric in candidate
+                              else "missing"),
+        "git_commit": lineage.get("git_commit", ""),
+        "git_dirty": lineage.get("git_dirty", ""),
+        "data_content_hash": str(meta.get("dataset_content_hash", "")),
         "pretrain_run_id": pretrain_run or "",
         "register_run_id": run_id,
-        "ray_run_name": str(meta.get("ray_run_name", "")),
-        "data_content_hash": str(meta.get("dataset_content_hash", "")),
-        "dataset": str(meta.get("dataset", "")),
-        "encoder_config_digest": str(meta.get("config_digest", "")),
+        "encoder_sha256": encoder_sha,
+    }
+    details = {  # the logged model's params: what the encoder is and where it came from
         "arch": spec.model.arch if hasattr(spec.model, "arch") else str(spec.model),
         "feature_dim": str(getattr(encoder, "feature_dim", "")),
         "input": f"float32 (B,{spec.in_channels},{spec.image_size},{spec.image_size}) in [0,1]",
-        # which number decided (validation) and its test counterpart (reported only)
-        "gate_metric": gate.metric,
+        "dataset": str(meta.get("dataset", "")),
+        "ray_run_name": str(meta.get("ray_run_name", "")),
+        "encoder_config_digest": str(meta.get("config_digest", "")),
         "gate_metric_test": paired_test_metric(gate.metric),
-    })
+        **{k: v for k, v in lineage.items()
+           if k in ("params_digest", "prefect_flow_run_id") or k.startswith("data.")},
+    }
     headline = ", ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics)
-                         if k in (gate.metric, tags["gate_metric_test"])
+                         if k in (gate.metric, details["gate_metric_test"])
                          or k.startswith(("linear_", "finetune_", "transfer_")))
-    description = (f"SimCLR encoder ({tags['arch']}, {tags['feature_dim']}-d features) pretrained "
-                   f"by Ray run {tags['ray_run_name'] or '?'} at git {tags.get('git_commit', '?')[:12]}"
-                   f"; {headline or 'no evaluation metrics'}")
+    description = (f"SimCLR encoder ({details['arch']}, {details['feature_dim']}-d features) "
+                   f"pretrained by Ray run {details['ray_run_name'] or '?'} at git "
+                   f"{tags['git_commit'][:12] or '?'}; {headline or 'no evaluation metrics'}")
 
-    existing = _same_candidate(client, name, encoder_sha, metrics)
+    existing = _same_candidate(client, name, encoder_sha, candidate)
     if existing is not None:  # a rerun with unchanged inputs: reuse the version, gate again
         version = str(existing.version)
         log.info("register: encoder %s with these metrics is already version %s",
@@ -112,7 +108,8 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
             decision = gate_and_promote(tracker, name, version, gate)
     else:
         logged = log_encoder(tracker, run_id, checkpoint, encoder, spec.in_channels, spec.image_size)
-        version = register_version(client, name, logged, run_id, metrics, tags, description)
+        client.log_model_params(logged.model_id, details)
+        version = register_version(client, name, logged, run_id, candidate, tags, description)
         try:
             decision = gate_and_promote(tracker, name, version, gate)
         except BaseException:
@@ -137,7 +134,8 @@ def _same_candidate(client: mlflow.MlflowClient, name: str, sha256: str,
                     metrics: dict[str, float]) -> ModelVersion | None:
     """An existing version of ``name`` with this exact encoder file and the same metrics."""
     for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags.get("encoder_sha256") == sha256 and version_metrics(version) == metrics:
+        if (version.tags.get("encoder_sha256") == sha256
+                and model_metrics(version_metrics(client, version) or {}) == metrics):
             return version
     return None
 

@@ -1,6 +1,6 @@
 """Registry and run-maintenance subcommands of ``simclr`` (wired in by the ``simclr`` CLI, ``components.stages.cli``).
 
-    simclr models                 # versions, aliases, gate metric (val) + test, what decided
+    simclr models                 # versions, aliases, date, headline metrics, gate decision
     simclr promote 3              # champion -> 3, old champion -> previous-champion
     simclr rollback               # champion -> the one before it (also after a move in the MLflow UI)
     simclr sweep-runs [--older-than 86400]   # RUNNING runs of dead processes -> FAILED
@@ -14,7 +14,6 @@ from collections.abc import Callable
 from components.config import PipelineConfig
 
 Handler = Callable[[argparse.Namespace, PipelineConfig], int]
-TABLE_METRICS = 4  # metric columns shown: the gate metric first, then the next few by name
 
 
 def _models(args: argparse.Namespace, cfg: PipelineConfig) -> int:
@@ -26,26 +25,42 @@ def _models(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     return 0
 
 
-def format_table(rows: list[dict], gate_metric: str) -> str:
-    """Plain-text table: version, aliases, the gate metric (validation) and its test counterpart,
-    a few others, which metric decided each version's gate (``decided by``), git commit, run."""
+def headline_columns(rows: list[dict], gate_metric: str) -> list[str]:
+    """The metric columns of ``simclr models``: the gate metric (validation) and its test
+    counterpart always, then the fine-tune test top-1s and the kNN top-1 that any version has."""
     from components.tracking.gate import paired_test_metric
 
-    names = sorted({k for row in rows for k in row["metrics"]})
-    first = [n for n in (gate_metric, paired_test_metric(gate_metric)) if n in names]
-    chosen = first + [n for n in names if n not in first and "." not in n][:TABLE_METRICS - len(first)]
-    header = ["version", "aliases", *chosen, "decided by", "git", "run", "decision"]
+    names = {k for row in rows for k in row["metrics"]}
+    finetune = sorted(n for n in names if n.startswith("finetune_") and n.endswith("_top1")
+                      and "_val_" not in n)
+    return [gate_metric, paired_test_metric(gate_metric), *finetune,
+            *(["knn_top1"] if "knn_top1" in names else [])]
+
+
+def format_table(rows: list[dict], gate_metric: str) -> str:
+    """Plain-text table, newest version first: version, aliases, created (UTC), the headline
+    metrics (:func:`headline_columns`), which metric decided the gate and how (``decided by``),
+    git commit, and what the registry decided (``decision``, consistent with the aliases)."""
+    columns = headline_columns(rows, gate_metric)
+    header = ["version", "aliases", "created (UTC)", *columns, "decided by", "git", "decision"]
     lines = [header]
     for row in rows:
         decided = (f"{row['gate_metric']} ({row['gate']})" if row.get("gate_metric")
                    else row.get("gate") or "-")
-        lines.append([row["version"], ",".join(row["aliases"]) or "-",
-                      *(f"{row['metrics'][n]:.4f}" if n in row["metrics"] else "-" for n in chosen),
-                      decided, row["git_commit"][:8] or "-", (row["run_id"] or "-")[:12],
-                      row.get("decision", "-")])
+        lines.append([row["version"], ",".join(row["aliases"]) or "-", _created(row["created"]),
+                      *(f"{row['metrics'][n]:.4f}" if n in row["metrics"] else "-" for n in columns),
+                      decided, row["git_commit"][:8] or "-", row.get("decision", "-")])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
                      .rstrip() for line in lines)
+
+
+def _created(timestamp_ms: int | None) -> str:
+    from datetime import UTC, datetime
+
+    if not timestamp_ms:
+        return "-"
+    return f"{datetime.fromtimestamp(timestamp_ms / 1000, UTC):%Y-%m-%d %H:%M}"
 
 
 def _promote(args: argparse.Namespace, cfg: PipelineConfig) -> int:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,104 @@ def lineage_tags(cfg: PipelineConfig, root: Path) -> dict[str, str]:
     return tags
 
 
-def lineage_files(cfg: PipelineConfig, root: Path) -> list[Path]:
-    """Files worth attaching to a run as lineage: params.yaml, dvc.lock and the data manifests."""
-    files = [root / PARAMS_FILE, root / DVC_LOCK] + data_manifests(cfg, root)
-    return [path for path in files if path.is_file()]
+def lineage_files(cfg: PipelineConfig, root: Path) -> list[tuple[Path, str]]:
+    """Files worth attaching to a run as lineage, each with its artifact folder: params.yaml and
+    dvc.lock in ``lineage/``, each data manifest under its own folder in ``lineage/manifests/``
+    (``lineage/manifests/datasets/fashion-mnist/manifest.json``: they share a file name)."""
+    files = [(root / name, "lineage") for name in (PARAMS_FILE, DVC_LOCK)]
+    data = root / cfg.paths.data
+    files += [(path, f"lineage/manifests/{_relative(path.parent, data)}")
+              for path in data_manifests(cfg, root)]
+    return [(path, folder) for path, folder in files if path.is_file()]
+
+
+# MLflow system tags (what its UI shows as Source and Git commit), beside the custom git_* tags
+SOURCE_NAME, SOURCE_TYPE = "mlflow.source.name", "mlflow.source.type"
+GIT_COMMIT, GIT_BRANCH, GIT_REPO_URL = ("mlflow.source.git.commit", "mlflow.source.git.branch",
+                                        "mlflow.source.git.repoURL")
+
+
+def source_tags(root: Path, source_name: str, source_type: str = "LOCAL") -> dict[str, str]:
+    """``mlflow.source.*`` tags of a run started from ``root``: what ran (``source_name``, e.g.
+    ``simclr pretrain``), its type, and the git commit, branch and remote URL when known."""
+    tags = {SOURCE_NAME: source_name, SOURCE_TYPE: source_type}
+    for key, args in ((GIT_COMMIT, ["rev-parse", "HEAD"]),
+                      (GIT_BRANCH, ["rev-parse", "--abbrev-ref", "HEAD"]),
+                      (GIT_REPO_URL, ["config", "--get", "remote.origin.url"])):
+        try:
+            value = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                   timeout=30, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if value and value != "HEAD":  # a detached HEAD has no branch
+            tags[key] = value
+    return tags
+
+
+# ----------------------------------------------------------------------------- datasets read
+DIGEST_LENGTH = 32  # MLflow keeps at most 36 characters of a dataset digest
+# What each tracked stage reads: "train"/"test" splits of the canonical source data set,
+# "subsets" (the label subsets and validation split), "transfer" (each transfer data set).
+STAGE_READS: dict[str, tuple[str, ...]] = {
+    "subsets": ("train",),
+    "pretrain": ("train",),
+    "linear-eval": ("train", "test", "subsets"),
+    "finetune": ("train", "test", "subsets"),
+    "baselines": ("train", "test", "subsets"),
+    "transfer": ("train", "subsets", "transfer"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetRead:
+    """One data set a run read, as MLflow records it (``log_inputs``)."""
+
+    name: str  # "fashion-mnist/train"
+    digest: str  # the manifest's content hash (first DIGEST_LENGTH hex digits)
+    source: str  # the canonical folder (or subsets folder) it was read from
+    context: str  # "training" | "evaluation" | "subsets"
+    profile: dict[str, Any]
+
+
+def datasets_read(cfg: PipelineConfig, root: Path, stage: str | None = None) -> list[DatasetRead]:
+    """The data sets ``stage`` reads (:data:`STAGE_READS`; None: every one, for the pipeline
+    run), each with the content hash its manifest records; absent manifests are left out."""
+    wanted = set(STAGE_READS.get(stage, ())) if stage else {"train", "test", "subsets", "transfer"}
+    paths = StagePaths.of(cfg)
+    reads: list[DatasetRead] = []
+
+    def splits(folder: Path, kinds: tuple[str, ...]) -> None:
+        manifest = _manifest(root / folder / "manifest.json")
+        if manifest is None or "content_hash" not in manifest:
+            return
+        for split in kinds:
+            info = (manifest.get("splits") or {}).get(split, {})
+            reads.append(DatasetRead(
+                f"{manifest.get('name', folder.name)}/{split}",
+                str(manifest["content_hash"])[:DIGEST_LENGTH], str(folder),
+                "training" if split == "train" else "evaluation",
+                {"count": info.get("count"), "classes": len(manifest.get("classes", []))}))
+
+    splits(paths.dataset(cfg.data.source), tuple(s for s in ("train", "test") if s in wanted))
+    if "subsets" in wanted:
+        manifest = _manifest(root / paths.subsets / "manifest.json")
+        if manifest is not None:
+            # its own hash (data.subsets.hash): its content_hash is the data set's it was drawn from
+            reads.append(DatasetRead(f"{manifest.get('dataset', cfg.data.source.name)}/subsets",
+                                     _short_hash(manifest), str(paths.subsets), "subsets",
+                                     {"train_size": manifest.get("train_size")}))
+    if "transfer" in wanted:
+        for source in cfg.data.transfer:
+            splits(paths.transfer_dataset(source), ("train", "test"))
+    return reads
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def _relative(path: Path, root: Path) -> str:

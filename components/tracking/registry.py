@@ -7,6 +7,12 @@ recorded in the registered model's ``champion_history`` tag, so a move made in t
 sets only ``champion``) is recognised: ``simclr models`` says so, and ``simclr rollback`` returns to
 the champion the UI replaced.
 
+Each version carries a handful of tags (the gate's decision ``gate`` and ``gate_reason``, the
+gate metric ``gate_metric`` and its value, git commit, data hash, the pretrain and register runs,
+the encoder file's hash) and its metrics live on its MLflow 3 logged model (the Models pages show
+them); :func:`version_metrics` reads them there, or from the ``metric.*`` tags that versions
+registered before this carry.
+
 Each registered version is a pyfunc model whose artifact ``checkpoint`` is the encoder checkpoint
 in the project's own format (``components.models.checkpoint``: state dict + model config, loaded
 with ``torch.load(weights_only=True)``), so it loads back into an ``nn.Module`` that can be
@@ -41,10 +47,11 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 from torch import nn
 
 from components.config import GateConfig
@@ -61,7 +68,10 @@ HISTORY_TAG = "champion_history"
 HISTORY_LENGTH = 50
 # Version tag: how simclr made the version champion ("gate", "promote", "rollback").
 PROMOTED_BY_TAG = "promoted_by"
-METRIC_TAG = "metric."
+# Version tag: the logged model holding the version's metrics (a local sqlite registry keeps no
+# model_id for a version whose source is a file location, which ours is: see register_version)
+MODEL_ID_TAG = "model_id"
+METRIC_TAG = "metric."  # how versions registered before logged-model metrics carry them
 CHECKPOINT_ARTIFACT = "checkpoint"
 CAS_RETRIES = 5
 _THREAD_LOCK = threading.Lock()  # serialises this process's threads for every kind of store
@@ -136,14 +146,16 @@ def _log_model(tracker: Tracker, run_id: str, name: str, flavor: str,
 # ----------------------------------------------------------------------------- registry
 def register_version(client: MlflowClient, name: str, logged: LoggedEncoder, run_id: str,
                      metrics: dict[str, float], tags: dict[str, str], description: str) -> str:
-    """Create a new version of ``name`` with metric and lineage tags; returns its version."""
+    """Create a new version of ``name`` with ``tags``; ``metrics`` go on its logged model (and
+    its run). Returns the version."""
     try:
         client.create_registered_model(name, description="SimCLR image encoder "
                                                           "(float32 (B,C,H,W) in [0,1] -> features)")
     except MlflowException as err:
         if "ALREADY_EXISTS" not in str(err.error_code):
             raise
-    all_tags = {**{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}, **tags}
+    log_model_metrics(client, run_id, logged.model_id, metrics)
+    all_tags = {**tags, MODEL_ID_TAG: logged.model_id}
     if logged.inference_uri:
         all_tags["inference_model_uri"] = logged.inference_uri
     # source: the files' location, not models:/<id>, which MLflow's registry store resolves
@@ -154,10 +166,33 @@ def register_version(client: MlflowClient, name: str, logged: LoggedEncoder, run
     return str(version.version)
 
 
-def version_metrics(version: ModelVersion | None) -> dict[str, float] | None:
-    """The ``metric.*`` tags of a version as floats (None for no version)."""
+def log_model_metrics(client: MlflowClient, run_id: str, model_id: str,
+                      metrics: dict[str, float]) -> None:
+    """``metrics`` on the logged model ``model_id`` (shown on MLflow 3's Models pages)."""
+    now = int(time.time() * 1000)
+    entries = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
+    for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=entries[start:start + MAX_METRICS_PER_BATCH])
+
+
+def version_metrics(client: MlflowClient, version: ModelVersion | None) -> dict[str, float] | None:
+    """A version's metrics (None for no version): its logged model's, else (a version registered
+    before metrics moved to the logged model) its ``metric.*`` tags."""
     if version is None:
         return None
+    model_id = version.model_id or version.tags.get(MODEL_ID_TAG)
+    if model_id:
+        try:
+            logged = client.get_logged_model(model_id).metrics or []
+        except MlflowException:
+            logged = []
+        if logged:
+            latest: dict[str, Metric] = {}
+            for metric in logged:
+                kept = latest.get(metric.key)
+                if kept is None or (metric.step, metric.timestamp) >= (kept.step, kept.timestamp):
+                    latest[metric.key] = metric
+            return {key: float(metric.value) for key, metric in latest.items()}
     return {k[len(METRIC_TAG):]: float(v) for k, v in version.tags.items()
             if k.startswith(METRIC_TAG)}
 
@@ -196,8 +231,8 @@ def gate_and_promote(tracker: Tracker, name: str, version: str, gate: GateConfig
         candidate = client.get_model_version(name, version)
         for _ in range(CAS_RETRIES):
             champion = alias_version(client, name, CHAMPION)
-            decision = evaluate_gate(gate, version_metrics(candidate) or {},
-                                     version_metrics(champion))
+            decision = evaluate_gate(gate, version_metrics(client, candidate) or {},
+                                     version_metrics(client, champion))
             if not decision.passed:
                 return decision
             if _move_champion(client, name, version, champion, "gate"):
@@ -318,7 +353,8 @@ def _require_version(client: MlflowClient, name: str, version: str) -> None:
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """One row per version (newest first): version, aliases, metric tags, run id, creation time."""
+    """One row per version (newest first): version, aliases, decision, metrics, run id, creation
+    time (ms), git commit, gate decision and metric."""
     aliases: dict[str, list[str]] = {}
     try:
         for alias, version in client.get_registered_model(name).aliases.items():
@@ -333,7 +369,7 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         rows.append({"version": str(version.version),
                      "aliases": version_aliases,
                      "decision": displayed_decision(version, version_aliases, history),
-                     "metrics": version_metrics(version) or {},
+                     "metrics": version_metrics(client, version) or {},
                      "run_id": version.run_id, "created": version.creation_timestamp,
                      "git_commit": version.tags.get("git_commit", ""),
                      "gate": version.tags.get("gate", ""),

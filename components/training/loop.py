@@ -41,6 +41,8 @@ from components.training.sampling import epoch_permutation, local_batch_indices,
 NOT_TRAINING_KEYS = ("checkpoint_every", "knn_every", "knn_k", "knn_images", "threads_per_worker")
 # Sections whose values change what is trained; the run name digests them with the data hash.
 TRAINING_SECTIONS = ("seed", "augment", "model", "pretrain")
+# The kNN monitor's history column (a few thousand images): not linear-eval's full kNN ``knn_top1``
+MONITOR_METRIC = "pretrain_monitor_knn_top1"
 
 Report = Callable[[dict[str, float], TrainingState | None], None]
 
@@ -252,11 +254,11 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
         }
         last = epoch + 1 == pre.epochs
         if rank == 0 and pre.knn_every and ((epoch + 1) % pre.knn_every == 0 or last):
-            row["knn_top1"] = knn_monitor(model.encoder, dataset, cfg)
+            row[MONITOR_METRIC] = knn_monitor(model.encoder, dataset, cfg)
         history.append(row)
         if rank == 0:
             remaining = (pre.epochs - epoch - 1) * epoch_time
-            knn = f" knn_top1 {row['knn_top1']:.3f}" if "knn_top1" in row else ""
+            knn = f" knn_top1 {row[MONITOR_METRIC]:.3f}" if MONITOR_METRIC in row else ""
             logger.info("epoch %d/%d done: step %d/%d loss %.4f acc %.3f lr %.4g img/s %.0f%s "
                         "ETA %s", epoch + 1, pre.epochs, step, total_steps, row["loss"],
                         row["contrastive_acc"], lr, row["images_per_s"], knn,

@@ -70,6 +70,22 @@ def test_every_stage_runs_then_a_second_run_recomputes_nothing(project):
     children = client.search_runs([experiment],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(run.data.tags["stage"] for run in children) == sorted(stages)
+    # the parent compares with other runs: its name, headline metrics, results table, key plots
+    assert " · " in parent.info.run_name and not parent.info.run_name.startswith("pipeline-")
+    metrics = parent.data.metrics
+    for name in ("linear_val_top1", "linear_top1", "knn_top1", "pretrain_monitor_knn_top1",
+                 "finetune_10pct_val_top1", "finetune_10pct_top1", "supervised_10pct_top1",
+                 "transfer_digits_top1", "registered_version", "promoted"):
+        assert name in metrics, (name, sorted(metrics))
+    assert metrics["registered_version"] == 1.0 and not any("." in name for name in metrics)
+    register = next(run for run in children if run.data.tags["stage"] == "register")
+    assert metrics["promoted"] == register.data.metrics["promoted"]
+    assert {item.path for item in client.list_artifacts(parent.info.run_id, "results")} == {
+        "results/results.md"}
+    assert {item.path for item in client.list_artifacts(parent.info.run_id, "plots/pretrain")} == {
+        "plots/pretrain/loss.png"}
+    pretrain = next(run for run in children if run.data.tags["stage"] == "pretrain")
+    assert "epochs" in pretrain.data.params and "epochs" not in pretrain.data.metrics
 
     # the closing summary: results, registry decision, the MLflow run and the artifact
     registered = json.loads((project.root / "outputs/register/metrics.json").read_text())

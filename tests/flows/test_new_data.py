@@ -102,7 +102,7 @@ def test_new_images_rerun_ingest_and_downstream_and_nothing_new_is_a_quick_no_op
     for curve in ("loss", "contrastive_acc"):
         assert sorted(row["epoch"] for row in history if row.get("field") == curve) == [1, 2], shown
     monitor = plotted_rows(shown, "pretrain/knn_monitor.json")
-    assert sorted(row["epoch"] for row in monitor if "knn_top1" in row) == [1, 2], shown
+    assert sorted(row["epoch"] for row in monitor if "pretrain_monitor_knn_top1" in row) == [1, 2], shown
 
     state, seconds = run_flow(project)  # the scheduled run a week later: nothing new
     assert state.result() == dict.fromkeys(STAGES, SKIPPED)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 
+from components.config import load_config
 from flows.pipeline import ARTIFACT_KEY, RAN, SKIPPED, simclr_pipeline
 from tests.flows.conftest import DATA_STAGES, project_with_store, task_runs
 
@@ -66,7 +69,16 @@ def test_first_run_runs_every_stale_stage_under_one_parent_mlflow_run(project):
     assert all(run.info.status == "FINISHED" for run in children.values())
     assert children["ingest"].data.tags["prefect_flow_run_id"] == flow_run_id
     logged = {item.path for item in client.list_artifacts(parent.info.run_id, "lineage/after")}
-    assert logged == {"lineage/after/dvc.lock"}
+    assert logged == {"lineage/after/dvc.lock", "lineage/after/manifests"}
+    # named by date and config digest, described, with the data sets the run produced and read
+    cfg = load_config(project.root / "params.yaml")
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d · {cfg.digest()[:8]}",
+                        parent.info.run_name), parent.info.run_name
+    note = parent.data.tags["mlflow.note.content"]
+    assert "stages: ingest, subsets" in note and "preset: tiny" in note
+    assert parent.data.tags["mlflow.source.git.commit"] == parent.data.tags["git_commit"]
+    datasets = {d.dataset.name for d in parent.inputs.dataset_inputs}
+    assert {f"{cfg.data.source.name}/train", f"{cfg.data.source.name}/subsets"} <= datasets
 
     artifact = Artifact.get(ARTIFACT_KEY)
     assert artifact is not None and artifact.flow_run_id == state.state_details.flow_run_id

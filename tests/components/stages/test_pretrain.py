@@ -89,9 +89,9 @@ def _check_outputs(cfg: PipelineConfig, result: StageResult, out: Path, data_roo
         assert encoder(torch.rand(2, 1, 28, 28)).shape == (2, encoder.feature_dim)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result.metrics
-    for name in ("final_loss", "contrastive_acc", "epochs", "knn_top1"):
+    for name in ("final_loss", "contrastive_acc", "epochs", "pretrain_monitor_knn_top1"):
         assert name in metrics, name
-    assert metrics["epochs"] == cfg.pretrain.epochs and 0.0 <= metrics["knn_top1"] <= 1.0
+    assert metrics["epochs"] == cfg.pretrain.epochs and 0.0 <= metrics["pretrain_monitor_knn_top1"] <= 1.0
     # run-varying numbers go to MLflow and the untracked timings file, never into the DVC out
     timings = json.loads((out.parent / "timings" / "pretrain.json").read_text())
     assert timings == result.timings and timings["wall_time_s"] > 0
@@ -107,7 +107,7 @@ def _check_outputs(cfg: PipelineConfig, result: StageResult, out: Path, data_roo
     assert len({tuple(sorted(row)) for row in history}) == 1  # one set of keys: dvc plots
     monitor = json.loads((out / "knn_monitor.json").read_text())
     assert [row["epoch"] for row in monitor] == [4, 8]  # knn_every=4
-    assert all(set(row) == {"epoch", "knn_top1"} for row in monitor)
+    assert all(set(row) == {"epoch", "pretrain_monitor_knn_top1"} for row in monitor)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dataset = CanonicalDataset(data_root / "datasets" / "fashion-mnist")
     assert result.tags["ray_run_name"] == run_name_for(cfg, dataset.content_hash)

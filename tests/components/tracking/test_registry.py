@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,11 +17,16 @@ from torch import nn
 
 from components.models.checkpoint import load_encoder
 from components.stages.cli import main
-from components.tracking.registry import load_encoder_from_registry, model_files_uri
+from components.tracking.registry import (
+    load_encoder_from_registry,
+    model_files_uri,
+    version_metrics,
+)
 from tests.components.tracking.helpers import (
     CHANNELS,
     IMAGE_SIZE,
     aliases,
+    git,
     make_cfg,
     register_candidate,
     write_encoder,
@@ -82,19 +88,26 @@ def test_models_promote_and_rollback_commands(project: Path, sqlite_uri: str,
     assert aliases(client) == {"champion": "1", "challenger": "2"}  # val decides, not test
     version = client.get_model_version("simclr-encoder", "2")
     assert version.tags["gate_metric"] == "linear_val_top1"
-    assert version.tags["gate_metric_test"] == "linear_top1"
-    assert float(version.tags["metric.linear_top1"]) == 0.99  # test recorded next to val
+    assert version.tags["gate_metric_value"] == "0.6500"
+    # the metrics are on the logged model (MLflow 3's Models pages), test next to val
+    logged = {m.key: m.value for m in client.get_logged_model(version.tags["model_id"]).metrics}
+    assert logged["linear_top1"] == 0.99 and logged["linear_val_top1"] == 0.65
+    assert version_metrics(client, version)["linear_top1"] == 0.99
     capsys.readouterr()
 
     assert main(["models", "--params", params]) == 0
     table = capsys.readouterr().out.splitlines()
-    # the deciding (validation) metric first, its test counterpart next, and what decided
-    assert table[0].split()[:4] == ["version", "aliases", "linear_val_top1", "linear_top1"]
-    assert "decided by" in table[0]
-    assert table[1].split()[:6] == ["2", "challenger", "0.6500", "0.9900", "linear_val_top1",
-                                    "(refused)"]
-    assert table[2].split()[:6] == ["1", "champion", "0.7000", "0.6000", "linear_val_top1",
-                                    "(passed)"]
+    # version, aliases, date; the deciding (validation) metric and its test counterpart; which
+    # metric decided and how; git; what the registry decided (consistent with the aliases)
+    assert table[0].split() == ["version", "aliases", "created", "(UTC)", "linear_val_top1",
+                                "linear_top1", "decided", "by", "git", "decision"]
+    today, commit = time.strftime("%Y-%m-%d", time.gmtime()), git(project, "rev-parse", "HEAD")[:8]
+    second, first = table[1].split(), table[2].split()
+    assert second[:3] == ["2", "challenger", today]
+    assert second[4:] == ["0.6500", "0.9900", "linear_val_top1", "(refused)", commit, "refused"]
+    assert first[:3] == ["1", "champion", today]
+    assert first[4:] == ["0.7000", "0.6000", "linear_val_top1", "(passed)", commit,
+                         "promoted", "by", "the", "gate"]
 
     assert main(["promote", "2", "--params", params]) == 0
     assert aliases(client) == {"champion": "2", "challenger": "2", "previous-champion": "1"}
@@ -107,6 +120,20 @@ def test_models_promote_and_rollback_commands(project: Path, sqlite_uri: str,
     client.delete_registered_model_alias("simclr-encoder", "previous-champion")
     assert main(["rollback", "--params", params]) == 2
     assert "previous-champion" in capsys.readouterr().err
+
+    # fine-tune and kNN columns appear once a version has them
+    write_metrics(project, "finetune", {"finetune_10pct_val_top1": 0.5, "finetune_10pct_top1": 0.4})
+    register_candidate(project, cfg, {"linear_val_top1": 0.9, "linear_top1": 0.8,
+                                      "knn_top1": 0.7}, seed=2)
+    capsys.readouterr()
+    assert main(["models", "--params", params]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[4:8] == ["linear_val_top1", "linear_top1", "finetune_10pct_top1",
+                                     "knn_top1"]
+    assert table[1].split()[:2] == ["3", "challenger,champion"]
+    assert table[1].split()[4:10] == ["0.9000", "0.8000", "0.4000", "0.7000", "linear_val_top1",
+                                      "(passed)"]
+    assert table[2].split()[4:8] == ["0.6500", "0.9900", "-", "-"]
 
 
 def test_sweep_command(project: Path, sqlite_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,7 +168,7 @@ def test_concurrent_registrations_leave_consistent_aliases(project: Path, sqlite
     versions = {str(v.version): v for v in client.search_model_versions("name = 'simclr-encoder'")}
     assert len(versions) == 2
     found = aliases(client)
-    score_of = {v: float(mv.tags["metric.linear_val_top1"]) for v, mv in versions.items()}
+    score_of = {v: version_metrics(client, mv)["linear_val_top1"] for v, mv in versions.items()}
     assert set(found.values()) <= set(versions)
     assert score_of[found["champion"]] == 0.80
     assert found.get("previous-champion") in (None, *[v for v, s in score_of.items() if s == 0.60])

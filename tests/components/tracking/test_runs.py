@@ -55,7 +55,7 @@ def test_tracking_uri_resolution(project: Path, monkeypatch: pytest.MonkeyPatch)
 def test_child_run_under_parent_logs_everything(project: Path, sqlite_uri: str,
                                                 client: MlflowClient) -> None:
     cfg = make_cfg(sqlite_uri)
-    parent = start_pipeline_run(cfg, "pipeline")
+    parent = start_pipeline_run(cfg)
     result = tracked_stage(cfg, "demo", _stage(project), parent_run_id=parent)
     end_pipeline_run(parent, "FINISHED", cfg=cfg)
 
@@ -78,8 +78,11 @@ def test_child_run_under_parent_logs_everything(project: Path, sqlite_uri: str,
     listed = {a.path for a in client.list_artifacts(run.info.run_id, "outputs")}
     assert listed == {"outputs/metrics.json", "outputs/plots"}
     lineage = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
-    assert {"lineage/params.yaml", "lineage/dvc.lock", "lineage/manifest.json",
+    assert {"lineage/params.yaml", "lineage/dvc.lock", "lineage/manifests",
             "lineage/resolved_params.yaml"} <= lineage
+    manifests = "lineage/manifests/datasets/fashion-mnist"  # each manifest under its own name
+    assert [a.path for a in client.list_artifacts(run.info.run_id, manifests)] == [
+        f"{manifests}/manifest.json"]
     # tags: the stage's own + lineage
     tags = run.data.tags
     assert tags["custom"] == "yes"
@@ -90,13 +93,95 @@ def test_child_run_under_parent_logs_everything(project: Path, sqlite_uri: str,
     assert tags["params_digest"] == cfg.digest()
     assert tags["artifact_sha256.metrics.json"]
     assert "prefect_flow_run_id" not in tags
+    # MLflow's own Source and git fields
+    assert tags["mlflow.source.name"] == "simclr demo" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    assert tags["mlflow.source.git.branch"] == git(project, "rev-parse", "--abbrev-ref", "HEAD")
+
+
+def test_summaries_sit_at_the_final_step_and_counters_are_params(project: Path, sqlite_uri: str,
+                                                                client: MlflowClient) -> None:
+    """Charts never show a summary as the first point; epochs, image counts are params."""
+    history = [{"epoch": 1, "step": 5, "contrastive_acc": 0.45, "resumed_from": 0},
+               {"epoch": 2, "step": 10, "contrastive_acc": 0.5}]
+    result = StageResult(metrics={"contrastive_acc": 0.5, "epochs": 2, "images_linear": 100},
+                         timings={"resumed_from": 0, "wall_time_s": 1.5}, history=history)
+    tracked_stage(make_cfg(sqlite_uri), "demo", lambda run_id: result)
+    (run,) = _experiment_runs(client)
+    points = client.get_metric_history(run.info.run_id, "contrastive_acc")
+    assert {(m.step, m.value) for m in points} == {(5, 0.45), (10, 0.5)}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "wall_time_s")] == [10]
+    assert not {"epochs", "images_linear", "resumed_from"} & set(run.data.metrics)
+    params = run.data.params
+    assert (params["epochs"], params["images_linear"], params["resumed_from"]) == ("2", "100", "0")
+
+
+def test_stage_runs_record_the_data_sets_they_read(project: Path, sqlite_uri: str,
+                                                   client: MlflowClient) -> None:
+    cfg = make_cfg(sqlite_uri)
+    tracked_stage(cfg, "pretrain", lambda run_id: StageResult())
+    tracked_stage(cfg, "linear-eval", lambda run_id: StageResult())
+    runs = {run.info.run_name: run for run in _experiment_runs(client)}
+
+    def inputs(name: str) -> dict[str, tuple[str, str]]:
+        return {d.dataset.name: (d.dataset.digest, d.tags[0].value)
+                for d in runs[name].inputs.dataset_inputs}
+
+    assert inputs("pretrain") == {"fashion-mnist/train": ("c0ffee", "training")}
+    assert inputs("linear-eval") == {"fashion-mnist/train": ("c0ffee", "training"),
+                                     "fashion-mnist/test": ("c0ffee", "evaluation")}
+
+
+def test_pipeline_run_is_named_described_and_ends_with_the_headline(
+        project: Path, sqlite_uri: str, client: MlflowClient) -> None:
+    import re
+
+    from components.tracking.runs import PIPELINE_SOURCE, Tracker, finish_pipeline_run
+
+    cfg = make_cfg(sqlite_uri)
+    tracker = Tracker.from_config(cfg)
+    parent = start_pipeline_run(cfg, tracker, preset="tiny", overrides=["seed=1"],
+                                stages=["pretrain", "linear-eval", "report"],
+                                launched_by="Prefect flow run brave-fox")
+    outputs = project / "outputs"
+    for stage, metrics in {"pretrain": {"final_loss": 3.1, "pretrain_monitor_knn_top1": 0.4,
+                                        "epochs": 2.0},
+                           "linear-eval": {"linear_val_top1": 0.7, "linear_top1": 0.69,
+                                           "knn_top1": 0.6, "images_linear": 900.0},
+                           "register": {"registered_version": 4.0, "promoted": 1.0}}.items():
+        (outputs / stage).mkdir(parents=True)
+        (outputs / stage / "metrics.json").write_text(json.dumps(metrics))
+    (outputs / "report").mkdir()
+    (outputs / "report" / "results.md").write_text("| metric | SimCLR |\n")
+    (outputs / "pretrain" / "loss.png").write_bytes(b"png")
+    (outputs / "linear-eval" / "confusion.png").write_bytes(b"png")
+    finish_pipeline_run(parent, cfg, tracker, "FINISHED", project)
+
+    run = client.get_run(parent)
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d · {cfg.digest()[:8]}", run.info.run_name)
+    note = run.data.tags["mlflow.note.content"]
+    assert "pretrain, linear-eval, report" in note and "tiny" in note and "`seed=1`" in note
+    assert "brave-fox" in note and cfg.digest() in note
+    assert run.data.tags["mlflow.source.name"] == PIPELINE_SOURCE
+    assert run.data.tags["mlflow.source.git.commit"] == git(project, "rev-parse", "HEAD")
+    assert run.data.metrics == {"final_loss": 3.1, "pretrain_monitor_knn_top1": 0.4,
+                                "linear_val_top1": 0.7, "linear_top1": 0.69, "knn_top1": 0.6,
+                                "registered_version": 4.0, "promoted": 1.0}
+    listed = {a.path for folder in ("results", "plots/pretrain", "plots/linear-eval",
+                                    "lineage/after")
+              for a in client.list_artifacts(parent, folder)}
+    assert {"results/results.md", "plots/pretrain/loss.png", "plots/linear-eval/confusion.png",
+            "lineage/after/dvc.lock", "lineage/after/manifests"} <= listed
+    assert {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs} == {
+        ("fashion-mnist/train", "c0ffee"), ("fashion-mnist/test", "c0ffee")}
+    assert run.info.status == "FINISHED"
 
 
 def test_parent_from_environment_dirty_tree_and_prefect_id(project: Path, sqlite_uri: str,
                                                           client: MlflowClient,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_cfg(sqlite_uri)
-    parent = start_pipeline_run(cfg, "pipeline")
+    parent = start_pipeline_run(cfg)
     (project / "params.yaml").write_text("seed: 1\n")  # uncommitted change
     monkeypatch.setenv("SIMCLR_PARENT_RUN_ID", parent)
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "flow-run-123")
@@ -120,7 +205,7 @@ def test_standalone_run_without_git(tmp_path: Path, sqlite_uri: str, client: Mlf
 def test_failing_stage_fails_child_and_parent(project: Path, sqlite_uri: str,
                                               client: MlflowClient) -> None:
     cfg = make_cfg(sqlite_uri)
-    parent = start_pipeline_run(cfg, "pipeline")
+    parent = start_pipeline_run(cfg)
 
     def broken(run_id):
         raise ValueError("boom in stage")
@@ -139,7 +224,7 @@ def test_failing_stage_fails_child_and_parent(project: Path, sqlite_uri: str,
 def test_retried_stage_lets_the_pipeline_finish(project: Path, sqlite_uri: str,
                                                 client: MlflowClient) -> None:
     cfg = make_cfg(sqlite_uri)
-    parent = start_pipeline_run(cfg, "pipeline")
+    parent = start_pipeline_run(cfg)
     attempts = []
 
     def flaky(run_id):
@@ -190,7 +275,7 @@ def test_killed_process_leaves_running_run_that_sweep_fails(project: Path, sqlit
     (hung,) = [r for r in _experiment_runs(client) if r.info.run_name == "hang"]
     assert hung.info.status == "RUNNING"
 
-    own = start_pipeline_run(cfg, "still-running")  # this process is alive: never swept
+    own = start_pipeline_run(cfg, run_name="still-running")  # this process is alive: never swept
     swept = sweep_stale_runs(cfg, older_than_s=3600)
     assert swept == [hung.info.run_id]
     assert client.get_run(hung.info.run_id).info.status == "FAILED"

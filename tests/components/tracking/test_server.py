@@ -80,7 +80,7 @@ def test_pipeline_against_server_with_s3_artifacts(mlflow_server: str, project: 
     write_encoder(project, cfg, seed=0)
     write_metrics(project, "linear-eval", {"linear_val_top1": 0.7, "transfer_digits_val_top1": 0.9})
 
-    parent = start_pipeline_run(cfg, "pipeline")
+    parent = start_pipeline_run(cfg)
     tracked_stage(cfg, "pretrain", pretrain_stage(project), parent_run_id=parent)
     result = run_stage(cfg, "register", parent_run_id=parent)
     end_pipeline_run(parent, "FINISHED", cfg=cfg)

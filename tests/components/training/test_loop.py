@@ -111,8 +111,8 @@ def test_single_process_runner_trains_reports_and_calls_hooks(
                                     checkpoint_dir=tmp_path / "ckpt")
     history = outcome.history
     assert [row["step"] for row in history] == [8, 16, 24]  # 512 images / 64
-    assert ["knn_top1" in row for row in history] == [False, True, True]  # every 2 and the last
-    assert all(0.0 <= row["knn_top1"] <= 1.0 for row in history if "knn_top1" in row)
+    assert ["pretrain_monitor_knn_top1" in row for row in history] == [False, True, True]  # every 2 and the last
+    assert all(0.0 <= row["pretrain_monitor_knn_top1"] <= 1.0 for row in history if "pretrain_monitor_knn_top1" in row)
     assert history[-1]["loss"] < history[0]["loss"]
     assert log.read_text().splitlines() == ["built SimCLRModel", "0 1 0", "0 2 1", "0 3 1"]
     run_dir = tmp_path / "ckpt" / outcome.run_name

@@ -107,7 +107,7 @@ def test_two_workers_learn_and_checkpoint_every_epoch(
     assert [row["step"] for row in history] == [8, 16, 24]
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(row["resumed_from"] == 0 for row in history)
-    assert all(0.0 <= row["knn_top1"] <= 1.0 for row in history)
+    assert all(0.0 <= row["pretrain_monitor_knn_top1"] <= 1.0 for row in history)
     assert all(row["images_per_s"] > 0 for row in history)
     run_dir = Path(cfg.ray.storage_path) / outcome.run_name
     checkpoints = sorted(p.name for p in run_dir.glob("epoch-*"))
