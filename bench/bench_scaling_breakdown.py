@@ -14,7 +14,10 @@ Variants (an ablation: each removes or adds one cost):
 - ``2 independent``: two processes with half the batch each and NO communication: the ceiling
   set by the cores themselves (contention, memory bandwidth, other jobs);
 - ``2 DDP, local BN``: + gathered NT-Xent and DDP's gradient all-reduce;
-- ``2 DDP, global BN`` (the default): + the BN statistics all-reduce of every layer;
+- ``2 DDP, global BN`` (the default): + the BN statistics summed over the ranks at every
+  layer, through shared memory (``components.collectives``: both ranks on one host);
+- ``... over gloo``: the same sums through torch.distributed (gloo), as before the shared-memory
+  collective (and as across hosts);
 - ``... no BN all-reduce``: the global-BN code path with its all-reduces skipped (local
   statistics): its compute cost apart from the synchronisation;
 - ``... + broadcast_buffers``: what DDP's per-forward buffer broadcast would add back;
@@ -50,6 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "2 independent": {"world": 2, "independent": True},
     "2 DDP, local BN": {"world": 2, "global_bn": False},
     "2 DDP, global BN": {"world": 2},
+    "2 DDP, global BN over gloo": {"world": 2, "collective": "gloo"},
     "2 DDP, global BN compute, no BN all-reduce": {"world": 2, "bn_all_reduce": False},
     "2 DDP, global BN + broadcast_buffers": {"world": 2, "broadcast_buffers": True},
     "2 DDP, global BN, 2 threads each": {"world": 2, "threads": 2},
@@ -63,6 +67,7 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
 
     import components.models.global_bn as global_bn
     from components.augment import SimCLRAugment, to_float_tensor
+    from components.collectives import all_reduce_sum
     from components.config import config_from_dict
     from components.data.idx import iter_images
     from components.optim import WarmupCosine, build_optimizer, peak_lr
@@ -92,16 +97,20 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
             model, broadcast_buffers=variant.get("broadcast_buffers", not cfg.model.global_bn))
     step = TrainStep(net, optimizer, schedule, SimCLRAugment(cfg.augment, 28, 1), pre.temperature)
     bn_seconds = [0.0]
-    real_all_reduce = global_bn._all_reduce_sum
+    layers = [m for m in model.modules() if isinstance(m, global_bn.GlobalBatchNorm)]
+    if variant.get("collective") == "gloo":  # the statistics through torch.distributed instead
+        for layer in layers:
+            layer.sum_over_ranks = all_reduce_sum
+    real_sum = layers[0].sum_over_ranks if layers else None
 
-    def timed_all_reduce(x: torch.Tensor) -> torch.Tensor:
+    def timed_sum(x: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
-        result = real_all_reduce(x)
+        result = real_sum(x)
         bn_seconds[0] += time.perf_counter() - start
         return result
 
-    global_bn._all_reduce_sum = timed_all_reduce if variant.get("bn_all_reduce", True) \
-        else (lambda x: x)
+    for layer in layers:  # the collective each layer was built with (shared memory or gloo)
+        layer.sum_over_ranks = timed_sum if variant.get("bn_all_reduce", True) else (lambda x: x)
     net.train()
     walls = []
     for i in range(steps + 2):

@@ -7,7 +7,8 @@ mean and biased variance of the WHOLE global batch, on any backend (gloo on CPU 
 where ``torch.nn.SyncBatchNorm`` refuses CPU tensors):
 
 - forward: ONE all-reduce per layer of the per-channel sums, sums of squares and count;
-  backward: ONE all-reduce of ``sum(dy)`` and ``sum(dy * xhat)``, so
+  backward: ONE all-reduce of ``sum(dy)`` and ``sum(dy * xhat)`` (through shared memory when
+  every rank is on one host: :mod:`components.collectives`), so
   input gradients are those of the global batch (same convention as the gathered NT-Xent:
   DDP averages the parameter gradients). Heavy passes use native kernels (contiguous sums,
   ``batch_norm``, ``native_batch_norm_backward``): per layer 0.5-1.1x the forward + backward
@@ -29,11 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum over ranks, in place (the one collective per layer and direction)."""
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+from components.collectives import SumFn, all_reduce_sum
 
 
 def _world_size() -> int:
@@ -53,12 +50,12 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None,  # noqa: ANN001
-                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                eps: float, sum_over_ranks: SumFn) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         xf = x.float()
         channels = x.shape[1]
         n = float(x.numel() // channels)
-        stats = _all_reduce_sum(torch.cat([*_channel_sums(xf),
-                                           torch.full((1,), n, device=x.device)]))
+        stats = sum_over_ranks(torch.cat([*_channel_sums(xf),
+                                          torch.full((1,), n, device=x.device)]))
         # E[x^2] - E[x]^2 in float64: the fp32 sums carry ~1e-7 relative error, the
         # subtraction would otherwise amplify it by E[x^2] / var
         total = stats[-1:].double()
@@ -68,7 +65,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         y = F.batch_norm(xf, mean, var, weight, bias, training=False, eps=eps)
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(xf, weight, mean, invstd, total)
-        ctx.input_dtype = x.dtype
+        ctx.input_dtype, ctx.sum_over_ranks = x.dtype, sum_over_ranks
         ctx.mark_non_differentiable(mean, var, total)
         return y.to(x.dtype), mean, var, total
 
@@ -81,7 +78,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         # local sum(dy * xhat) and sum(dy), xhat normalised by the GLOBAL mean and invstd
         _, dw_local, db_local = torch.ops.aten.native_batch_norm_backward(
             dyf, xf, ones, None, None, mean, invstd, True, 0.0, [False, True, True])
-        sums = _all_reduce_sum(torch.cat([db_local, dw_local]))
+        sums = ctx.sum_over_ranks(torch.cat([db_local, dw_local]))
         mean_dy, mean_dy_xhat = sums[:channels] / total, sums[channels:] / total
         scale = invstd * (weight.float() if weight is not None else ones)
         shape = (1, channels) + (1,) * (xf.dim() - 2)
@@ -92,7 +89,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         dx.add_((slope.flatten() * mean - scale * mean_dy).view(shape))
         dw = dw_local.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_local.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        return dx.to(ctx.input_dtype), dw, db, None
+        return dx.to(ctx.input_dtype), dw, db, None, None
 
 
 def _channel_sums(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,7 +113,13 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """``forward(x: (N, C, *)) -> (N, C, *)``; BatchNorm over the global batch in train mode."""
+    """``forward(x: (N, C, *)) -> (N, C, *)``; BatchNorm over the global batch in train mode.
+
+    ``sum_over_ranks`` is the collective its statistics go through (default torch.distributed;
+    :func:`convert_batchnorm` passes a shared-memory one when all ranks share a host).
+    """
+
+    sum_over_ranks: SumFn = staticmethod(all_reduce_sum)
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 2:
@@ -129,7 +132,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        y, mean, var, total = _GlobalBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        y, mean, var, total = _GlobalBatchNormFunction.apply(x, self.weight, self.bias, self.eps,
+                                                             self.sum_over_ranks)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, float(total))
         return y
@@ -144,16 +148,29 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
 
-def convert_batchnorm(model: nn.Module, device_type: str = "cpu") -> nn.Module:
+def convert_batchnorm(model: nn.Module, device_type: str = "cpu",
+                      sum_over_ranks: SumFn | None = None) -> nn.Module:
     """Every BatchNorm layer of ``model`` normalised over the global batch; returns the model.
 
-    ``device_type="cuda"``: torch's ``SyncBatchNorm`` (NCCL); otherwise :class:`GlobalBatchNorm`.
+    ``device_type="cuda"``: torch's ``SyncBatchNorm`` (NCCL); otherwise :class:`GlobalBatchNorm`
+    whose statistics go through ``sum_over_ranks`` (default: torch.distributed's all-reduce).
     Parameters and buffers are moved over (same tensors), so call it before building the
     optimiser and before wrapping the model in ``DistributedDataParallel``.
     """
     if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert(model)
+    model = _convert(model)
+    if sum_over_ranks is not None:
+        for layer in model.modules():
+            if isinstance(layer, GlobalBatchNorm):
+                layer.sum_over_ranks = sum_over_ranks
+    return model
+
+
+def max_channels(model: nn.Module) -> int:
+    """The widest BatchNorm layer of ``model`` (0 without any): sizes the statistics' buffers."""
+    return max((m.num_features for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)), default=0)
 
 
 def _convert(module: nn.Module) -> nn.Module:

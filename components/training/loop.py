@@ -149,14 +149,21 @@ def progress_logger() -> logging.Logger:
 
 def build_model(cfg: PipelineConfig, in_channels: int, image_size: int, world: int,
                 device: torch.device) -> nn.Module:
-    """The SimCLR model seeded by ``cfg.seed`` (equal on every rank), BN global if world > 1."""
-    from components.models.global_bn import convert_batchnorm
+    """The SimCLR model seeded by ``cfg.seed`` (equal on every rank), BN global if world > 1.
+
+    On CPU the global BN statistics go through shared memory when all ranks share this host
+    (:mod:`components.collectives`; building it is collective: every rank calls this).
+    """
+    from components.collectives import SharedMemorySum
+    from components.models.global_bn import convert_batchnorm, max_channels
     from components.models.simclr import build_simclr_model
 
     torch.manual_seed(cfg.seed)
     model = build_simclr_model(cfg.model, in_channels=in_channels, image_size=image_size)
     if world > 1 and cfg.model.global_bn:
-        model = convert_batchnorm(model, device.type)
+        sum_over_ranks = (SharedMemorySum.for_process_group(2 * max_channels(model) + 1)
+                          if device.type == "cpu" else None)
+        model = convert_batchnorm(model, device.type, sum_over_ranks)
     return model
 
 

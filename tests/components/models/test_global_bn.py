@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from components.collectives import SharedMemorySum
 from components.config import ModelConfig
 from components.models.global_bn import GlobalBatchNorm, convert_batchnorm
 from components.models.simclr import build_simclr_model
@@ -45,7 +46,7 @@ def _layer(kind: str) -> nn.modules.batchnorm._BatchNorm:
     return layer
 
 
-def _worker(rank: int, port: int, kind: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, kind: str, out_dir: str, collective: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=len(SPLIT))
@@ -53,8 +54,11 @@ def _worker(rank: int, port: int, kind: str, out_dir: str) -> None:
         x, r = _inputs(kind)
         start = sum(SPLIT[:rank])
         rows = slice(start, start + SPLIT[rank])
-        layer = convert_batchnorm(_layer(kind)).train()
+        sum_over_ranks = (SharedMemorySum.for_process_group(2 * 6 + 1)
+                          if collective == "shared-memory" else None)
+        layer = convert_batchnorm(_layer(kind), "cpu", sum_over_ranks).train()
         assert isinstance(layer, GlobalBatchNorm)
+        assert isinstance(layer.sum_over_ranks, SharedMemorySum) == (collective == "shared-memory")
         xs = x[rows].clone().requires_grad_()
         out = None
         for _ in range(2):  # two steps: the second uses a non-zero running-mean shift
@@ -77,9 +81,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["2d", "2d-channels-last", "1d"])
-def test_two_processes_match_batchnorm_on_the_whole_batch(kind: str, tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), kind, str(tmp_path)), nprocs=len(SPLIT), join=True)
+@pytest.mark.parametrize(("kind", "collective"), [
+    ("2d", "gloo"), ("2d-channels-last", "gloo"), ("1d", "gloo"), ("2d", "shared-memory")])
+def test_two_processes_match_batchnorm_on_the_whole_batch(kind: str, collective: str,
+                                                          tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(_free_port(), kind, str(tmp_path), collective), nprocs=len(SPLIT),
+             join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(SPLIT))]
 
     x, r = _inputs(kind)
