@@ -44,7 +44,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # what DVC says around every stage it runs (the flow's own line names the stage): debug level
 _DVC_CHATTER = re.compile(r"^(?:Running stage '[^']+':|> \S.*|(?:Generating|Updating) lock file "
                           r"'dvc\.lock'|Use `dvc push` to send your updates to remote storage\.)$")
-_ERROR_LINE = re.compile(r"^(?:error: |Traceback \(most recent call last\):|[\w.]+(?:Error|Exception): )")
+# a stage's "error: ..." line, a traceback, and the header Python prints for a thread that died
+# of an exception (Ray Train's cleaner thread, when its State API call times out on a busy host)
+_ERROR_LINE = re.compile(r"^(?:error: |Traceback \(most recent call last\):|[\w.]+(?:Error|Exception): "
+                         r"|Exception in thread \S+:$)")
 
 
 def relayed() -> bool:

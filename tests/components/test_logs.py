@@ -60,6 +60,9 @@ def test_an_indented_line_continues_the_line_before():
     assert levels("ValueError: bad")[0] == logging.ERROR
     assert levels("ray.exceptions.GetTimeoutError: Get timed out")[0] == logging.ERROR
     assert levels("next ordinary line")[0] == logging.INFO
+    # a thread that died of an exception (Ray Train's cleaner thread on a busy host)
+    assert levels("Exception in thread PlacementGroupCleanerMonitor:")[0] == logging.ERROR
+    assert levels('  File "threading.py", line 1045, in _bootstrap_inner')[0] == logging.ERROR
 
 
 def test_relayed_formats_have_no_time(monkeypatch):

@@ -29,7 +29,8 @@ def test_second_flow_refuses_naming_the_first(tmp_path):
     assert codes == [0, 2], [(proc.returncode, err[-2000:]) for proc, _, err in results]
     (ran,) = [(proc, out, err) for proc, out, err in results if proc.returncode == 0]
     (refused,) = [(proc, out, err) for proc, out, err in results if proc.returncode == 2]
-    assert ran[1].split() == ["ingest", "ran"]
+    assert ran[1] == ""  # everything goes to the log (stderr), ending with the closing summary
+    assert "pipeline finished: ingest ran" in ran[2]
     assert refused[2].strip().splitlines() == [
         line for line in refused[2].strip().splitlines() if line.startswith("error:")]
     assert f"another run holds {project.root / '.simclr-run.lock'}: pid {ran[0].pid}" in refused[2]
