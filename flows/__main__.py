@@ -95,6 +95,9 @@ def run_flow(args: argparse.Namespace, project: Path) -> int:
     from flows.pipeline import simclr_pipeline  # after the environment: Prefect reads it on import
 
     hide_bad_input_tracebacks()
+    # MLflow's own handler would print "Creating initial MLflow database tables..." in its own
+    # format (a second timestamp) when the flow opens a new store
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     try:
         state = simclr_pipeline(preset=args.preset, overrides=args.overrides,
                                 project_dir=str(project), stages=args.stages, return_state=True)

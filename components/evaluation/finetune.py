@@ -33,6 +33,9 @@ from components.evaluation.features import adapt_images, batched_forward
 from components.optim import WarmupCosine
 
 log = logging.getLogger(__name__)
+# an epoch line at INFO once this many seconds have passed since the run's last INFO line (a
+# recipe search runs many seconds-long fits: their header and done lines say enough)
+PROGRESS_EVERY_S = 30.0
 
 
 class Classifier(nn.Module):
@@ -159,7 +162,7 @@ def finetune(
              runtime.device)
     history: list[dict[str, Any]] = []
     step = 0
-    log_every = max(1, math.ceil(epochs / 4))
+    last_shown = started
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
@@ -201,14 +204,17 @@ def finetune(
         else:
             row["val_top1"] = monitor_top1
         history.append(row)
-        # about 4 lines per run at INFO (a 1%-label run can be 25 short epochs), all at DEBUG
-        shown = (epoch + 1) % log_every == 0 or epoch == epochs - 1
+        # progress of a long fit at INFO, every epoch at DEBUG; the last epoch is the done line
+        now = time.perf_counter()
+        shown = now - last_shown >= PROGRESS_EVERY_S and epoch < epochs - 1
+        last_shown = now if shown else last_shown
         log.log(logging.INFO if shown else logging.DEBUG,
                 "%s: epoch %d/%d loss %.4f train_top1 %.3f val_top1 %.3f", name, epoch + 1,
                 epochs, row["train_loss"], row["train_top1"], row["val_top1"])
     model.eval()
     seconds = time.perf_counter() - started
-    log.info("%s: done in %.1f s, val_top1 %.4f", name, seconds, val_top1)
+    log.info("%s: done in %.1f s (%d epochs): loss %.4f train_top1 %.3f val_top1 %.4f", name,
+             seconds, epochs, history[-1]["train_loss"], history[-1]["train_top1"], val_top1)
     recipe = {"epochs": epochs, "steps": total_steps, "lr": cfg.lr, "augment": cfg.augment}
     return FinetuneResult(model, val_scores, val_top1, history, seconds, n, total_steps, epochs,
                           recipe)

@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=stage_log_format())
+    if not args.verbose:  # e.g. "Validating input example against model signature" per model
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         cfg = (load_config(args.params, getattr(args, "preset", None), getattr(args, "overrides", []))
                if hasattr(args, "params") else None)

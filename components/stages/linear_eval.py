@@ -12,8 +12,6 @@ streamed from the store; the probe matrix is bounded by ``evaluate.linear.max_el
 
 from __future__ import annotations
 
-import logging
-
 from components.config import PipelineConfig
 from components.data.subsets import load_validation
 from components.evaluation.device import EvalRuntime
@@ -30,8 +28,6 @@ from components.evaluation.metrics import confusion, per_class_accuracy
 from components.evaluation.plots import plot_confusion, plot_embedding, plot_per_class
 from components.io import file_sha256
 from components.stage_api import StageContext, StagePaths, StageResult
-
-log = logging.getLogger(__name__)
 
 
 def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
@@ -69,9 +65,6 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     metrics = dict(result.metrics)
     metrics["images_linear"] = float(len(fit))
     metrics["images_linear_val"] = float(len(val))
-    log.info("linear-eval: val top1 %.4f; test top1 %.4f top5 %.4f knn %.4f (l2 %g)",
-             metrics["linear_val_top1"], metrics["linear_top1"], metrics["linear_top5"],
-             metrics["knn_top1"], metrics["l2_linear"])
     return StageResult(metrics=metrics, artifacts=artifacts,
                        tags={"encoder_sha256": digest, "dataset_content_hash": dataset.content_hash,
                              "feature_cache_hits": str(cache.stats["hits"])})

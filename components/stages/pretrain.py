@@ -51,7 +51,7 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> StageResult:
     history_path = write_json(out_dir / HISTORY_FILE, history)
     monitor_path = write_json(out_dir / MONITOR_FILE, monitor)
     plot_path = plot_history(outcome.history, out_dir / "loss.png")
-    log.info("pretrain: %s", ", ".join(f"{k}={v:.4g}" for k, v in {**metrics, **timings}.items()))
+    log.debug("pretrain: %s", ", ".join(f"{k}={v:.4g}" for k, v in {**metrics, **timings}.items()))
     return StageResult(
         metrics=metrics, timings=timings,
         artifacts=[encoder_path, history_path, monitor_path, plot_path],

@@ -49,6 +49,7 @@ from mlflow.utils.validation import (
 
 from components.config import PipelineConfig
 from components.io import file_sha256
+from components.logs import relayed
 from components.stage_api import PARENT_RUN_ENV, STAGE_NAMES, StagePaths, StageResult
 from components.tracking.headline import headline_metrics, is_counter
 from components.tracking.lineage import (
@@ -133,7 +134,9 @@ def tracked_stage(cfg: PipelineConfig, name: str, body: StageBody,
     if parent:
         tags[MLFLOW_PARENT_RUN_ID] = parent
     run_id = client.create_run(experiment_id, run_name=name, tags=_clip_tags(tags)).info.run_id
-    log.info("stage %s: MLflow run %s (parent %s)", name, run_id, parent or "-")
+    # under the flow the parent run and the closing summary say where to look
+    log.log(logging.DEBUG if relayed() else logging.INFO, "stage %s: MLflow run %s (parent %s)",
+            name, run_id, parent or "-")
     try:
         _log_params(client, run_id, cfg.flat())
         client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
