@@ -84,11 +84,14 @@ def main() -> None:
     import ray
     import torch
 
+    from components.training.ray_driver import prepare_local_instance
+
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
         workdir = Path(tmp)
         dataset = write_slice(workdir, max(WORKLOADS[w][2] for w in args.workload), 256)
+        prepare_local_instance()  # the pipeline's local-instance settings
         start = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)

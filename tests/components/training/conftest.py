@@ -59,7 +59,10 @@ def ray_session() -> Any:
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     import ray
 
+    from components.training.ray_driver import prepare_local_instance
+
     if not ray.is_initialized():
+        prepare_local_instance()
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -119,6 +119,18 @@ def test_two_workers_learn_and_checkpoint_every_epoch(
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_a_local_instance_starts_no_preemption_watcher(
+        reference: tuple[PipelineConfig, PretrainOutcome]) -> None:
+    """The one node of a local instance is this machine: no actor watches it being drained."""
+    from ray._private import state
+
+    classes = {actor["ActorClassName"] for actor in state.actors().values()}
+    assert any("TrainController" in name for name in classes), classes
+    assert not any("PreemptionWatcher" in name for name in classes), classes
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_worker_killed_mid_run_resumes_from_checkpoint_to_the_same_result(
         reference: tuple[PipelineConfig, PretrainOutcome], fmnist_root: Path,
         tmp_path: Path) -> None:
