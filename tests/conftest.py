@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.project import ProjectCopy, make_project_copy
 from tests.s3_server import S3Server, running_s3_server
 
 
@@ -57,3 +58,18 @@ def fashion_mnist_dataset(tmp_path_factory: pytest.TempPathFactory):
 def session_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite MLflow store for CLI tests of the whole session (creating one costs ~10 s)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_dvc_repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectCopy, str]:
+    """``dvc repro`` of every stage on the tiny preset in a project copy: ``(project, stdout)``.
+
+    Shared because a whole run costs minutes here: the DVC tests read its results, and the flow
+    test checks that ``python -m flows`` on the same params writes the same dvc.lock md5s.
+    """
+    from components.config import load_config
+    from tests.project import ROOT
+
+    tiny = load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
+    project = make_project_copy(tmp_path_factory.mktemp("tiny-dvc") / "project", tiny)
+    return project, project.dvc("repro", timeout=1200).stdout

@@ -84,6 +84,12 @@ class ProjectCopy:
         merged = deep_merge(self.params(), changes)
         (self.root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
+    def lock_outs(self) -> dict[str, dict[str, str]]:
+        """``{stage: {out path: md5}}`` of the project's dvc.lock."""
+        stages = yaml.safe_load((self.root / "dvc.lock").read_text())["stages"]
+        return {name: {out["path"]: out["md5"] for out in entry.get("outs", [])}
+                for name, entry in stages.items()}
+
     def commit(self, message: str) -> str:
         self.run("git", "add", "-A")
         self.run("git", "commit", "-qm", message, "--allow-empty")

@@ -129,31 +129,20 @@ def test_exp_run_sets_a_param_and_reruns_its_stage(project):
     assert "seed" in json.dumps(shown) and '"seed": 3' in (project.root / "data/subsets/manifest.json").read_text()
 
 
-def lock_outs(project: ProjectCopy) -> dict[str, dict[str, str]]:
-    """``{stage: {out path: md5}}`` of the project's dvc.lock."""
-    import yaml
-
-    stages = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
-    return {name: {out["path"]: out["md5"] for out in entry.get("outs", [])}
-            for name, entry in stages.items()}
-
-
 @pytest.mark.ray
-def test_dvc_repro_runs_every_stage_on_the_tiny_preset(tmp_path):
-    """The whole dvc.yaml on the tiny preset: results as DVC metrics and plots; a no-op rerun;
-    a second identical run (another copy) gives the same dvc.lock md5s for every stage."""
-    from components.config import load_config
+def test_dvc_repro_runs_every_stage_on_the_tiny_preset(tiny_dvc_repro, tmp_path):
+    """The whole dvc.yaml on the tiny preset: results as DVC metrics and plots; a no-op rerun.
+    (That the same params give the same dvc.lock md5s run again, through the flow, is checked
+    by tests/flows/test_full_pipeline.py against this run.)"""
     from components.stage_api import STAGE_NAMES
-    from tests.project import ROOT
 
-    tiny = load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
-    project = make_project_copy(tmp_path / "project", tiny)
-    first = project.dvc("repro", timeout=1200)
-    assert all(f"Running stage '{stage}'" in first.stdout for stage in STAGE_NAMES), \
-        first.stdout[-3000:]
+    project, first = tiny_dvc_repro
+    assert all(f"Running stage '{stage}'" in first for stage in STAGE_NAMES), first[-3000:]
     for stage in STAGE_NAMES:  # every stage writes its metrics through the runner
         assert (project.root / "outputs" / stage / "metrics.json").is_file(), stage
         assert (project.root / "outputs" / "timings" / f"{stage}.json").is_file(), stage
+    outs = project.lock_outs()
+    assert list(outs) == list(STAGE_NAMES) and all(outs.values())
     metrics = json.loads(project.dvc("metrics", "show", "--json").stdout)
     assert "linear_top1" in json.dumps(metrics) and "finetune_1pct_top1" in json.dumps(metrics)
     project.dvc("plots", "show", "-o", str(tmp_path / "plots"))
@@ -161,11 +150,4 @@ def test_dvc_repro_runs_every_stage_on_the_tiny_preset(tmp_path):
     second = project.dvc("repro")  # only the source check runs (always_changed); nothing new
     assert [line for line in second.stdout.splitlines() if "Running stage" in line] == \
         ["Running stage 'fingerprint':"], second.stdout
-
-    other = make_project_copy(tmp_path / "other", tiny)
-    other.dvc("repro", timeout=1200)
-    first_outs, other_outs = lock_outs(project), lock_outs(other)
-    assert list(first_outs) == list(STAGE_NAMES) and all(first_outs.values())
-    differing = {stage: sorted(path for path in outs if other_outs[stage].get(path) != outs[path])
-                 for stage, outs in first_outs.items()}
-    assert not any(differing.values()), differing
+    assert project.lock_outs() == outs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,10 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-def project_with_store(root: Path) -> Iterator[ProjectCopy]:
-    """A project copy (digits data) whose stages and flow share one MLflow store inside it."""
-    project = make_project_copy(root, FAST_DATA_PARAMS)
+def project_with_store(root: Path, params: dict[str, Any] | None = None) -> Iterator[ProjectCopy]:
+    """A project copy (``params``, by default digits data) whose stages and flow share one MLflow
+    store inside it."""
+    project = make_project_copy(root, params or FAST_DATA_PARAMS)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", project.env["MLFLOW_TRACKING_URI"])
         yield project
