@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from components.config import PipelineConfig
 from components.io import write_json
 from components.stage_api import (
@@ -91,9 +89,13 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     On an oversubscribed machine (load above the core count) one thread per process can be
     5-30x faster than two: threads spin-wait on each other while descheduled.
     """
+    if not threads:  # nothing to set: stages that never touch torch do not pay its import
+        yield
+        return
+    import torch
+
     previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
