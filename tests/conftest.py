@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.project import ProjectCopy, make_project_copy
+from tests.project import ProjectCopy, make_project_copy, tiny_params
 from tests.s3_server import S3Server, running_s3_server
 
 
@@ -67,9 +67,5 @@ def tiny_dvc_repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectCop
     Shared because a whole run costs minutes here: the DVC tests read its results, and the flow
     test checks that ``python -m flows`` on the same params writes the same dvc.lock md5s.
     """
-    from components.config import load_config
-    from tests.project import ROOT
-
-    tiny = load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
-    project = make_project_copy(tmp_path_factory.mktemp("tiny-dvc") / "project", tiny)
+    project = make_project_copy(tmp_path_factory.mktemp("tiny-dvc") / "project", tiny_params())
     return project, project.dvc("repro", timeout=1200).stdout

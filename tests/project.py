@@ -36,6 +36,14 @@ FAST_DATA_PARAMS: dict[str, Any] = {
 }
 
 
+
+def tiny_params() -> dict[str, Any]:
+    """The tiny preset merged over this checkout's ``params.yaml``, every field explicit."""
+    from components.config import load_config
+
+    return load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
+
+
 # What a run leaves in a checkout (files, or folders with everything under them).
 RUN_STATE = ("dvc.lock", "data", "outputs", "mlflow.db", "mlruns", "mlartifacts", ".prefect",
              "checkpoints", "dvc-remote", ".cache", ".stack", ".simclr-run.lock", ".dvc/cache",

@@ -15,6 +15,7 @@ from prefect.artifacts import Artifact
 from components.config import load_config
 from flows.pipeline import ARTIFACT_KEY, SOURCE_CHECK
 from tests.flows.conftest import project_with_store
+from tests.project import tiny_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # A successful tiny run (2 epochs, 3 label fractions) prints ~125 lines, warnings included. Not
@@ -28,10 +29,7 @@ TIME_OF_DAY = re.compile(r"\b\d\d:\d\d:\d\d\b")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api):
     """The params of :func:`tests.conftest.tiny_dvc_repro`'s project (the tiny preset)."""
-    from tests.project import ROOT
-
-    tiny = load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
-    yield from project_with_store(tmp_path_factory.mktemp("full") / "project", tiny)
+    yield from project_with_store(tmp_path_factory.mktemp("full") / "project", tiny_params())
 
 
 def run_flows(project, *args: str) -> list[str]:

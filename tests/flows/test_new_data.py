@@ -40,11 +40,10 @@ def images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api, images):
-    from components.config import load_config
-    from tests.project import ROOT
+    from tests.project import tiny_params
 
     for project in project_with_store(tmp_path_factory.mktemp("weekly") / "project"):
-        tiny = load_config(ROOT / "params.yaml", "tiny").model_dump(mode="json")
+        tiny = tiny_params()
         tiny["data"].update(source={"kind": "image_folder", "path": str(images), "name": "images"},
                             transfer=[])
         tiny["subsets"]["fractions"] = [0.1, 0.5]
