@@ -1,4 +1,4 @@
-"""Shared fixtures for the training tests: ONE Ray instance per session and tiny real data sets.
+"""Shared fixtures for the training tests: one Ray instance per test module, tiny real data sets.
 
 ``fmnist_root``: a slice of the real Fashion-MNIST IDX files (512 train / 256 test images);
 ``digits_root``: sklearn's 8x8 digits (80/20 stratified), for runs that must take seconds. Both are
@@ -53,9 +53,14 @@ def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session() -> Any:
-    """One local Ray instance (2 CPUs) shared by every test; yields its GCS address."""
+    """One local Ray instance (2 CPUs) shared by a module's tests; yields its GCS address.
+
+    Not per session: an instance left running while later tests start their own makes Ray
+    Train's placement-group cleaner fail ("Found multiple active Ray instances", a traceback in
+    the flow's log) and keeps its idle raylet and GCS on the two cores.
+    """
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     import ray
 
