@@ -1,6 +1,6 @@
 """The Ray Train driver with real Ray workers on a 512-image slice of Fashion-MNIST.
 
-All Ray tests share the session Ray instance (conftest.py, 2 CPUs); each ``fit()`` costs about
+All Ray tests of this module share one Ray instance (conftest.py, 2 CPUs); each ``fit()`` costs about
 15-25 s of Ray overhead here, so the tests reuse one reference run where they can.
 """
 
@@ -233,7 +233,7 @@ def test_separately_started_cluster_via_ray_address(fmnist_root: Path, tmp_path:
     """`ray start --head` on loopback, then a fresh process with only RAY_ADDRESS set trains there.
 
     The head runs with ``--block`` in its own process group and is stopped by signalling that
-    group: ``ray stop`` would kill EVERY Ray process of this user (the session instance of
+    group: ``ray stop`` would kill EVERY Ray process of this user (the module's instance of
     these tests and anyone else's). Token auth is disabled for this loopback-only cluster.
     """
     ray_bin = Path(sys.executable).parent / "ray"
