@@ -14,12 +14,19 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
+# pip warns once per package about every configured find-links/index folder that lacks it
+# (hundreds of lines on machines with partial local mirrors); the other warnings stay.
+MISSING_INDEX_DIR="^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$"
+pip_install() {
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "$MISSING_INDEX_DIR" >&2)
+}
+
 stamp=.venv/.simclr-install-stamp
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing the locked dependencies (requirements.lock; a few minutes the first time)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.lock
+  pip_install --upgrade pip
+  pip_install -r requirements.lock
   .venv/bin/python -m pip install -q --no-deps -e . >.venv/editable-install.log 2>&1 \
     || { cat .venv/editable-install.log >&2; exit 1; }
   echo "$want" > "$stamp"
