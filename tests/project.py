@@ -36,7 +36,6 @@ FAST_DATA_PARAMS: dict[str, Any] = {
 }
 
 
-
 def tiny_params() -> dict[str, Any]:
     """The tiny preset merged over this checkout's ``params.yaml``, every field explicit."""
     from components.config import load_config

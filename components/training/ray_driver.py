@@ -38,6 +38,16 @@ __all__ = ["PretrainOutcome", "connect_ray", "prepare_local_instance", "resolve_
 log = logging.getLogger(__name__)
 
 
+LOCAL_INSTANCE_ENV = {
+    # Ray Train's PreemptionWatcher actor polls for nodes being drained (spot reclaims); the
+    # one node of a local instance is this machine. Off: one actor fewer to start (~6 s of a
+    # 2-core machine per run) and no core_worker error about its constructor arguments.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's Prometheus metrics: a local instance runs without the dashboard that serves them
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
 def resolve_storage(storage_path: str) -> str:
     """Ray needs absolute local paths; URIs (``s3://...``) pass through."""
     if "://" in storage_path:
@@ -84,16 +94,6 @@ def connect_ray(cfg: PipelineConfig) -> float:
         needed = math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker)
         ray.init(num_cpus=max(needed, os.cpu_count() or 1), include_dashboard=False, **common)
     return time.perf_counter() - start
-
-
-LOCAL_INSTANCE_ENV = {
-    # Ray Train's PreemptionWatcher actor polls for nodes being drained (spot reclaims); the
-    # one node of a local instance is this machine. Off: one actor fewer to start (~6 s of a
-    # 2-core machine per run) and no core_worker error about its constructor arguments.
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    # Ray Train's Prometheus metrics: a local instance runs without the dashboard that serves them
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-}
 
 
 def prepare_local_instance() -> None:
