@@ -83,7 +83,8 @@ def connect_ray(cfg: PipelineConfig) -> float:
         return 0.0
     start = time.perf_counter()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env: dict[str, Any] = {"worker_process_setup_hook": quiet_worker_logs}
+    runtime_env: dict[str, Any] = {
+        "worker_process_setup_hook": quiet_worker_logs if address else quiet_local_worker_logs}
     if relayed():  # workers of a remote cluster do not inherit this process's environment
         runtime_env["env_vars"] = {RELAYED_ENV: "1"}
     common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
@@ -124,6 +125,21 @@ def quiet_worker_logs() -> None:
         context = None
     if context is not None and context.origin:
         logging.getLogger(context.origin).setLevel(logging.WARNING)
+
+
+# Ray Train's controller asks the autoscaling coordinator for its workers' resources with a
+# 5 s timeout and retries 20 s later; on a fresh local instance of a 2-core machine the
+# coordinator actor is often still starting, so the first request logs a warning with a
+# 17-line GetTimeoutError traceback. A local instance has no autoscaler to ask.
+AUTOSCALING_CLIENT_LOGGER = ("ray.train.v2._internal.execution.scaling_policy."
+                             "autoscaling_coordinator_client")
+
+
+def quiet_local_worker_logs() -> None:
+    """:func:`quiet_worker_logs` for a local instance, without the autoscaling requests'
+    warnings (a cluster keeps them: there a failing request means workers may not start)."""
+    quiet_worker_logs()
+    logging.getLogger(AUTOSCALING_CLIENT_LOGGER).setLevel(logging.ERROR)
 
 
 def _quiet_ray_logs() -> None:

@@ -6,6 +6,7 @@ All Ray tests of this module share one Ray instance (conftest.py, 2 CPUs); each 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -227,6 +228,37 @@ def test_checkpoints_on_s3_compatible_storage(
     _assert_same_state(again.model_state, outcome.model_state, atol=0)
 
 
+# printed by a script after connect_ray: the effective level, in a Ray worker process of the
+# job, of Ray Train's autoscaling-request client
+AUTOSCALING_LEVEL_IN_A_WORKER = (
+    "import logging; from components.training.ray_driver import AUTOSCALING_CLIENT_LOGGER; "
+    "print('LEVEL', ray.get(ray.remote(lambda: logging.getLogger(AUTOSCALING_CLIENT_LOGGER)"
+    ".getEffectiveLevel()).remote()))")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_local_instance_drops_the_autoscaling_request_warnings() -> None:
+    """On a fresh local instance of a 2-core machine Ray Train's first autoscaling request
+    often times out (the coordinator actor is still starting) and logs a 17-line traceback; a
+    local instance has no autoscaler, so its workers (controller included) drop those lines."""
+    from tests.project import tiny_params
+
+    script = textwrap.dedent(f"""
+        import ray
+        from components.config import config_from_dict
+        from components.training.ray_driver import connect_ray
+        connect_ray(config_from_dict({tiny_params()!r}))
+        {AUTOSCALING_LEVEL_IN_A_WORKER}
+        ray.shutdown()
+    """)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"LEVEL {logging.ERROR}" in proc.stdout, proc.stdout[-3000:]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_separately_started_cluster_via_ray_address(fmnist_root: Path, tmp_path: Path) -> None:
@@ -257,6 +289,7 @@ def test_separately_started_cluster_via_ray_address(fmnist_root: Path, tmp_path:
             out = run_pretraining(cfg, {str(_dataset(cfg))!r})
             print("RESULT", out.history[-1]["epoch"], ray.cluster_resources()["CPU"],
                   ray.get_runtime_context().gcs_address.rsplit(":", 1)[1])
+            {AUTOSCALING_LEVEL_IN_A_WORKER}
         """)
         proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                               text=True, timeout=240,
@@ -264,6 +297,8 @@ def test_separately_started_cluster_via_ray_address(fmnist_root: Path, tmp_path:
         result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
         assert proc.returncode == 0 and result, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert result[0].split()[1:] == ["1", "2.0", str(port)]
+        # a cluster's autoscaling requests matter: their warnings stay
+        assert f"LEVEL {logging.WARNING}" in proc.stdout, proc.stdout[-3000:]
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its processes
         try:
