@@ -46,6 +46,10 @@ LOCAL_INSTANCE_ENV = {
     # Ray Train's Prometheus metrics: a local instance runs without the dashboard that serves them
     "RAY_TRAIN_METRICS_ENABLED": "0",
 }
+# Ray turns token auth on for every new local instance (the token in ~/.ray/auth_token) and
+# logs a warning saying so each time; the auth stays, the notice goes. (Setting RAY_AUTH_MODE
+# instead would have to happen before `import ray`, which reads it.)
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def resolve_storage(storage_path: str) -> str:
@@ -92,6 +96,7 @@ def connect_ray(cfg: PipelineConfig) -> float:
         ray.init(address=address, **common)
     else:
         prepare_local_instance()
+        logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
         needed = math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker)
         ray.init(num_cpus=max(needed, os.cpu_count() or 1), include_dashboard=False, **common)
     return time.perf_counter() - start
