@@ -188,6 +188,73 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return y.reshape(b, c, height, width)
 
 
+# ----------------------------------------------------------------------------- study ops
+# The other ops of the paper's augmentation study (Figure 5); see AugmentConfig.ops.
+def rotate_quarter_turns(x: Tensor, turns: Tensor) -> Tensor:
+    """x (B, C, S, S) rotated by ``turns`` (B,) int quarter turns (0-3) anticlockwise, per image.
+
+    As ``numpy.rot90(image, k, axes=(-2, -1))``; one ``torch.rot90`` per group of equal turns.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotation needs square images, got {tuple(x.shape[-2:])}")
+    turns = turns.to(torch.int64) % 4
+    out = x.clone()
+    for k in (1, 2, 3):
+        idx = (turns == k).nonzero().squeeze(1).to(x.device)
+        if idx.numel():
+            out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
+    return out
+
+
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+def sobel(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude of x (B, C, H, W)'s luma, scaled into [0, 1] by each image's
+    maximum (a flat image gives zeros); edge pixels replicated; returns (B, C, H, W), the
+    magnitude copied to every channel."""
+    kx = torch.tensor(_SOBEL_X, device=x.device, dtype=torch.float32)
+    kern = torch.stack([kx, kx.t()])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
+    g = F.conv2d(F.pad(grey(x.float()), (1, 1, 1, 1), mode="replicate"), kern)
+    mag = g.pow(2).sum(dim=1, keepdim=True).sqrt()  # (B, 1, H, W)
+    peak = mag.amax(dim=(1, 2, 3), keepdim=True)
+    mag = mag / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return mag.expand(-1, x.shape[1], -1, -1).clone()
+
+
+def add_gaussian_noise(x: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+    """x (B, C, H, W) + sigma (B,) x noise (B, C, H, W) standard normal, clamped into [0, 1]."""
+    scale = sigma.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    return (x + scale * noise.to(x.device, torch.float32)).clamp_(0, 1)
+
+
+def sample_cutouts(
+    n: int, height: int, width: int, size: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """(n, 3) int64 ``top, left, side`` of one square per image, inside the image: side ~
+    U(size) x the short side (rounded, at least 1 px), position uniform over the placements."""
+    short = min(height, width)
+    side = (_uniform(n, *size, generator) * short).round().clamp_(1, short).long()
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = (u[:, 0] * (height - side + 1)).floor().long().clamp_(max=height - side)
+    left = (u[:, 1] * (width - side + 1)).floor().long().clamp_(max=width - side)
+    return torch.stack([top, left, side], dim=1)
+
+
+def cutout(x: Tensor, squares: Tensor, fill: float = 0.0) -> Tensor:
+    """x (B, C, H, W) with each image's square ``squares`` (B, 3) ``top, left, side`` set to
+    ``fill`` in every channel. The paper's figure shows a black patch, so the view uses 0."""
+    _, _, height, width = x.shape
+    top, left, side = squares.to(x.device).unbind(1)
+    rows = torch.arange(height, device=x.device)[None]
+    cols = torch.arange(width, device=x.device)[None]
+    in_rows = (rows >= top[:, None]) & (rows < (top + side)[:, None])  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + side)[:, None])  # (B, W)
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(mask, fill)
+
+
 # ----------------------------------------------------------------------------- the view
 @dataclass(frozen=True)
 class ViewParams:
