@@ -131,7 +131,7 @@ def test_blur_is_off_by_default_for_small_images_and_grey_gets_no_greyscale() ->
     small = SimCLRAugment(AugmentConfig(), 28, 1)
     params = small.sample(500, 28, 28, torch.Generator().manual_seed(0))
     assert not params.blur.any() and not params.greyscale.any()
-    assert small.ops == (0, 1)  # brightness and contrast only
+    assert small.jitter_ops == (0, 1)  # brightness and contrast only
     assert SimCLRAugment(AugmentConfig(), 96, 3).blur_on
     assert blur_kernel_size(224) == 23 and blur_kernel_size(28) == 3
 
