@@ -17,16 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import ConfigError
 
@@ -91,10 +82,6 @@ AugmentOp = Literal["crop", "flip", "rotate", "color", "sobel", "blur", "noise",
 AUGMENT_OPS: tuple[AugmentOp, ...] = ("crop", "flip", "rotate", "color", "sobel", "blur", "noise",
                                       "cutout")
 DEFAULT_AUGMENT_OPS: tuple[AugmentOp, ...] = ("crop", "flip", "color", "blur")
-# added for the augmentation study (paper, Figure 5); left out of the dump while at their
-# defaults, so that the default config's digest (run names, encoder metadata) is unchanged
-_STUDY_FIELDS = ("ops", "rotate_angles", "sobel_p", "noise_p", "noise_sigma", "cutout_p",
-                 "cutout_size")
 
 
 class AugmentConfig(_Section):
@@ -160,14 +147,6 @@ class AugmentConfig(_Section):
             raise ValueError("cutout_size upper bound must be <= 1")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump_without_study_defaults(self, handler: SerializerFunctionWrapHandler) -> dict:
-        dumped = handler(self)
-        for name in _STUDY_FIELDS:
-            if getattr(self, name) == type(self).model_fields[name].get_default(
-                    call_default_factory=True):
-                dumped.pop(name, None)
-        return dumped
 
 
 class ModelConfig(_Section):
