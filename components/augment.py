@@ -11,8 +11,14 @@ the two views). The pipeline follows the paper's appendix A:
 3. Gaussian blur with probability ``blur_p``, sigma in ``blur_sigma``, kernel about 10% of the
    side ("auto": off for images of 32 px and less).
 
+That is the default view. For the paper's augmentation study (Figure 5), ``AugmentConfig.ops``
+composes a view of any of crop, flip, rotate (quarter turns), color (jitter + greyscale),
+Sobel, blur, Gaussian noise and cutout, always applied in that order (``AUGMENT_OPS``); without
+crop the image is only resized to ``image_size``. An op left out draws no random numbers, so
+the default view is bit for bit the one above.
+
 Random parameters are drawn on the CPU from ``generator`` (or torch's global RNG), so a seed
-gives the same views on any device.
+gives the same views on any device; the study's noise too (B x C x S x S normals per view).
 """
 
 from __future__ import annotations
@@ -188,31 +194,119 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return y.reshape(b, c, height, width)
 
 
+# ----------------------------------------------------------------------------- study ops
+# The other ops of the paper's augmentation study (Figure 5); see AugmentConfig.ops.
+def rotate_quarter_turns(x: Tensor, turns: Tensor) -> Tensor:
+    """x (B, C, S, S) rotated by ``turns`` (B,) int quarter turns (0-3) anticlockwise, per image.
+
+    As ``numpy.rot90(image, k, axes=(-2, -1))``; one ``torch.rot90`` per group of equal turns.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotation needs square images, got {tuple(x.shape[-2:])}")
+    turns = turns.to(torch.int64) % 4
+    out = x.clone()
+    for k in (1, 2, 3):
+        idx = (turns == k).nonzero().squeeze(1).to(x.device)
+        if idx.numel():
+            out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
+    return out
+
+
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+def sobel(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude of x (B, C, H, W)'s luma, scaled into [0, 1] by each image's
+    maximum (a flat image gives zeros); edge pixels replicated; returns (B, C, H, W), the
+    magnitude copied to every channel."""
+    kx = torch.tensor(_SOBEL_X, device=x.device, dtype=torch.float32)
+    kern = torch.stack([kx, kx.t()])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
+    g = F.conv2d(F.pad(grey(x.float()), (1, 1, 1, 1), mode="replicate"), kern)
+    mag = g.pow(2).sum(dim=1, keepdim=True).sqrt()  # (B, 1, H, W)
+    peak = mag.amax(dim=(1, 2, 3), keepdim=True)
+    mag = mag / torch.where(peak > 0, peak, torch.ones_like(peak))
+    return mag.expand(-1, x.shape[1], -1, -1).clone()
+
+
+def add_gaussian_noise(x: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+    """x (B, C, H, W) + sigma (B,) x noise (B, C, H, W) standard normal, clamped into [0, 1]."""
+    scale = sigma.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    return (x + scale * noise.to(x.device, torch.float32)).clamp_(0, 1)
+
+
+def sample_cutouts(
+    n: int, height: int, width: int, size: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """(n, 3) int64 ``top, left, side`` of one square per image, inside the image: side ~
+    U(size) x the short side (rounded, at least 1 px), position uniform over the placements."""
+    short = min(height, width)
+    side = (_uniform(n, *size, generator) * short).round().clamp_(1, short).long()
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = (u[:, 0] * (height - side + 1)).floor().long().clamp_(max=height - side)
+    left = (u[:, 1] * (width - side + 1)).floor().long().clamp_(max=width - side)
+    return torch.stack([top, left, side], dim=1)
+
+
+def cutout(x: Tensor, squares: Tensor, fill: float = 0.0) -> Tensor:
+    """x (B, C, H, W) with each image's square ``squares`` (B, 3) ``top, left, side`` set to
+    ``fill`` in every channel. The paper's figure shows a black patch, so the view uses 0."""
+    _, _, height, width = x.shape
+    top, left, side = squares.to(x.device).unbind(1)
+    rows = torch.arange(height, device=x.device)[None]
+    cols = torch.arange(width, device=x.device)[None]
+    in_rows = (rows >= top[:, None]) & (rows < (top + side)[:, None])  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + side)[:, None])  # (B, W)
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(mask, fill)
+
+
 # ----------------------------------------------------------------------------- the view
 @dataclass(frozen=True)
 class ViewParams:
-    """Per-image random parameters of one view of a batch of n images (all on the CPU)."""
+    """Per-image random parameters of one view of a batch of n images (all on the CPU).
 
-    boxes: Tensor  # (n, 4) float64 crop x0, y0, w, h in input pixels
-    flip: Tensor  # (n,) bool
-    jitter: Tensor  # (n,) bool: colour jitter applied
-    factors: Tensor  # (n, 4) brightness, contrast, saturation factors and hue shift
-    order: Tensor  # (n, 4) int64: a permutation of the 4 jitter ops
-    greyscale: Tensor  # (n,) bool
-    blur: Tensor  # (n,) bool
-    sigma: Tensor  # (n,) float32
+    An op left out of ``AugmentConfig.ops`` draws nothing: its fields are None.
+    """
+
+    boxes: Tensor | None  # (n, 4) float64 crop x0, y0, w, h in input pixels ("crop")
+    flip: Tensor | None  # (n,) bool ("flip")
+    jitter: Tensor | None  # (n,) bool: colour jitter applied ("color", as the next three)
+    factors: Tensor | None  # (n, 4) brightness, contrast, saturation factors and hue shift
+    order: Tensor | None  # (n, 4) int64: a permutation of the 4 jitter ops
+    greyscale: Tensor | None  # (n,) bool
+    blur: Tensor | None  # (n,) bool ("blur")
+    sigma: Tensor | None  # (n,) float32
+    turns: Tensor | None = None  # (n,) int64 quarter turns anticlockwise ("rotate")
+    sobel: Tensor | None = None  # (n,) bool ("sobel")
+    noise: Tensor | None = None  # (n,) bool ("noise", as the next two)
+    noise_sigma: Tensor | None = None  # (n,) float32
+    noise_field: Tensor | None = None  # (n, C, S, S) float32 standard normal
+    cutout: Tensor | None = None  # (n,) bool ("cutout")
+    squares: Tensor | None = None  # (n, 3) int64 top, left, side in output pixels
+
+
+def _chosen(mask: Tensor | None, device: torch.device) -> Tensor | None:
+    """Indices (on ``device``) of the images an op applies to; None when there are none."""
+    if mask is None or not mask.any():
+        return None
+    return mask.nonzero().squeeze(1).to(device)
 
 
 class SimCLRAugment:
     """One SimCLR view per image: ``__call__(x (B, C, H, W) float [0,1], generator) -> (B, C, S, S)``.
 
-    S is ``image_size``; runs on x's device; float32 output in [0, 1].
+    S is ``image_size``; runs on x's device; float32 output in [0, 1]. ``cfg.ops`` picks the
+    ops (the default: crop, flip, color, blur); they apply in the order of ``AUGMENT_OPS``.
+    Parameters are drawn for the default ops first, in their original order, then for the
+    study ops, so the default view is unchanged by their existence.
     """
 
     def __init__(self, cfg: AugmentConfig, image_size: int, channels: int) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.cfg, self.image_size, self.channels = cfg, int(image_size), int(channels)
+        self.view_ops = frozenset(cfg.ops)
         if cfg.blur == "auto":
             self.blur_on = self.image_size > BLUR_OFF_MAX_SIZE
         else:
@@ -226,43 +320,87 @@ class SimCLRAugment:
             (max(0.0, 1 - 0.8 * s), 1 + 0.8 * s),
             (-min(0.5, 0.2 * s), min(0.5, 0.2 * s)),
         )
-        # ops that change a grey image: brightness and contrast only
-        self.ops = (BRIGHTNESS, CONTRAST) if channels == 1 else (BRIGHTNESS, CONTRAST, SATURATION, HUE)
+        # jitter ops that change a grey image: brightness and contrast only
+        self.jitter_ops = (
+            (BRIGHTNESS, CONTRAST) if channels == 1 else (BRIGHTNESS, CONTRAST, SATURATION, HUE)
+        )
+        self.turn_choices = torch.tensor([angle // 90 for angle in cfg.rotate_angles])
 
     def sample(
         self, n: int, height: int, width: int, generator: torch.Generator | None = None
     ) -> ViewParams:
-        cfg = self.cfg
-        boxes = sample_crops(n, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
-        flip = _bernoulli(n, cfg.flip_p, generator)
-        jitter = _bernoulli(n, cfg.jitter_p, generator) & (cfg.color_strength > 0)
-        factors = torch.stack(
-            [_uniform(n, low, high, generator).float() for low, high in self.ranges], dim=1
-        )
-        order = torch.rand(n, 4, generator=generator).argsort(dim=1)
-        greyscale = _bernoulli(n, cfg.grayscale_p, generator) & (self.channels == 3)
-        blur = _bernoulli(n, cfg.blur_p, generator) & self.blur_on
-        sigma = _uniform(n, *cfg.blur_sigma, generator).float()
-        return ViewParams(boxes, flip, jitter, factors, order, greyscale, blur, sigma)
+        cfg, ops, g, size = self.cfg, self.view_ops, generator, self.image_size
+        p: dict[str, Tensor] = {}
+        if "crop" in ops:
+            p["boxes"] = sample_crops(n, height, width, cfg.crop_scale, cfg.crop_ratio, g)
+        if "flip" in ops:
+            p["flip"] = _bernoulli(n, cfg.flip_p, g)
+        if "color" in ops:
+            p["jitter"] = _bernoulli(n, cfg.jitter_p, g) & (cfg.color_strength > 0)
+            p["factors"] = torch.stack(
+                [_uniform(n, low, high, g).float() for low, high in self.ranges], dim=1
+            )
+            p["order"] = torch.rand(n, 4, generator=g).argsort(dim=1)
+            p["greyscale"] = _bernoulli(n, cfg.grayscale_p, g) & (self.channels == 3)
+        if "blur" in ops:
+            p["blur"] = _bernoulli(n, cfg.blur_p, g) & self.blur_on
+            p["sigma"] = _uniform(n, *cfg.blur_sigma, g).float()
+        # the study ops, after every draw of the default ones
+        if "rotate" in ops:
+            pick = torch.randint(len(self.turn_choices), (n,), generator=g)
+            p["turns"] = self.turn_choices[pick]
+        if "sobel" in ops:
+            p["sobel"] = _bernoulli(n, cfg.sobel_p, g)
+        if "noise" in ops:
+            p["noise"] = _bernoulli(n, cfg.noise_p, g)
+            p["noise_sigma"] = _uniform(n, *cfg.noise_sigma, g).float()
+            p["noise_field"] = torch.randn(n, self.channels, size, size, generator=g)
+        if "cutout" in ops:
+            p["cutout"] = _bernoulli(n, cfg.cutout_p, g)
+            p["squares"] = sample_cutouts(n, size, size, cfg.cutout_size, g)
+        return ViewParams(**{name: p.get(name) for name in ViewParams.__dataclass_fields__})
+
+    def resize(self, x: Tensor, params: ViewParams) -> Tensor:
+        """x (B, C, H, W) cropped (or whole) and mirrored, as one bilinear resampling to
+        (S, S); a copy of x when there is neither crop nor resize."""
+        n, _, height, width = x.shape
+        size = self.image_size
+        if params.boxes is None and (height, width) == (size, size):
+            x = x.float().clone()
+            idx = _chosen(params.flip, x.device)
+            if idx is not None:
+                x[idx] = x[idx].flip(-1)
+            return x
+        boxes = params.boxes
+        if boxes is None:
+            boxes = torch.tensor([[0.0, 0.0, width, height]], dtype=torch.float64).expand(n, 4)
+        flip = params.flip if params.flip is not None else torch.zeros(n, dtype=torch.bool)
+        return crop_resize_flip(x.float(), boxes, flip, size)
 
     def apply(self, x: Tensor, params: ViewParams) -> Tensor:
         """The view of x (B, C, H, W) float [0, 1] for the given parameters."""
-        x = crop_resize_flip(x.float(), params.boxes, params.flip, self.image_size)
-        if params.jitter.any():
-            dev = x.device
+        x = self.resize(x, params)
+        dev = x.device
+        if params.turns is not None:
+            x = rotate_quarter_turns(x, params.turns)
+        if params.jitter is not None and params.jitter.any():
             factors = params.factors.to(dev)
             for position in range(4):
-                for op in self.ops:
-                    chosen = params.jitter & (params.order[:, position] == op)
-                    if chosen.any():
-                        idx = chosen.nonzero().squeeze(1).to(dev)
+                for op in self.jitter_ops:
+                    idx = _chosen(params.jitter & (params.order[:, position] == op), dev)
+                    if idx is not None:
                         x[idx] = _OPS[op](x[idx], factors[idx, op])
-        if params.greyscale.any():
-            idx = params.greyscale.nonzero().squeeze(1).to(x.device)
+        if (idx := _chosen(params.greyscale, dev)) is not None:
             x[idx] = grey(x[idx]).expand(-1, 3, -1, -1)
-        if params.blur.any():
-            idx = params.blur.nonzero().squeeze(1).to(x.device)
+        if (idx := _chosen(params.sobel, dev)) is not None:
+            x[idx] = sobel(x[idx])
+        if (idx := _chosen(params.blur, dev)) is not None:
             x[idx] = gaussian_blur(x[idx], params.sigma[params.blur], self.kernel_size)
+        if (idx := _chosen(params.noise, dev)) is not None:
+            mask = params.noise
+            x[idx] = add_gaussian_noise(x[idx], params.noise_field[mask], params.noise_sigma[mask])
+        if (idx := _chosen(params.cutout, dev)) is not None:
+            x[idx] = cutout(x[idx], params.squares[params.cutout])
         return x.clamp_(0, 1)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

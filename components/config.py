@@ -75,8 +75,22 @@ class SubsetsConfig(_Section):
 
 
 # ----------------------------------------------------------------------------- model
+# The ops a view may compose, in the one order they apply (whatever order ``ops`` lists them in):
+# geometry first (crop + flip; without crop the image is only resized), then appearance; cutout
+# last, so that its patch keeps the fill value. The default is the paper's SimCLR view.
+AugmentOp = Literal["crop", "flip", "rotate", "color", "sobel", "blur", "noise", "cutout"]
+AUGMENT_OPS: tuple[AugmentOp, ...] = ("crop", "flip", "rotate", "color", "sobel", "blur", "noise",
+                                      "cutout")
+DEFAULT_AUGMENT_OPS: tuple[AugmentOp, ...] = ("crop", "flip", "color", "blur")
+
+
 class AugmentConfig(_Section):
-    """SimCLR view generation (paper, appendix A)."""
+    """SimCLR view generation (paper, appendix A), and the ops of its augmentation study.
+
+    ``ops`` picks the ops of a view (applied in the fixed order of ``AUGMENT_OPS``): ``color``
+    is colour jitter + random greyscale, ``blur`` still follows ``blur`` ("auto": off at 32 px
+    and less). The per-op settings below act only when their op is in ``ops``.
+    """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -87,16 +101,52 @@ class AugmentConfig(_Section):
     blur: bool | Literal["auto"] = "auto"  # auto: off for images of 32 px and less
     blur_p: float = Field(0.5, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    ops: list[AugmentOp] = Field(default_factory=lambda: list(DEFAULT_AUGMENT_OPS))
+    rotate_angles: list[Literal[0, 90, 180, 270]] = Field(  # one drawn uniformly per image
+        default_factory=lambda: [0, 90, 180, 270])
+    sobel_p: float = Field(1.0, ge=0.0, le=1.0)
+    noise_p: float = Field(1.0, ge=0.0, le=1.0)
+    noise_sigma: tuple[float, float] = (0.05, 0.2)  # std of the additive noise, pixels in [0, 1]
+    cutout_p: float = Field(1.0, ge=0.0, le=1.0)
+    cutout_size: tuple[float, float] = (0.1, 0.5)  # the square's side, a fraction of the side
+
+    @field_validator("ops", mode="before")
+    @classmethod
+    def _known_ops_once(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            unknown = [op for op in value if op not in AUGMENT_OPS]
+            if unknown:
+                raise ValueError(f"unknown op(s) {unknown}; known: {', '.join(AUGMENT_OPS)}")
+            repeated = sorted({op for op in value if list(value).count(op) > 1})
+            if repeated:
+                raise ValueError(f"op(s) {repeated} listed more than once")
+            value = [op for op in AUGMENT_OPS if op in value]  # the order they apply in
+        return value
+
+    @field_validator("rotate_angles")
+    @classmethod
+    def _angles_once(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("needs at least one angle")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} repeats an angle")
+        return value
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> AugmentConfig:
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "cutout_size"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must satisfy 0 < low <= high, got {(low, high)}")
+        low, high = self.noise_sigma
+        if not 0 <= low <= high:
+            raise ValueError(f"noise_sigma must satisfy 0 <= low <= high, got {(low, high)}")
         if self.crop_scale[1] > 1.0:
             raise ValueError("crop_scale upper bound must be <= 1")
+        if self.cutout_size[1] > 1.0:
+            raise ValueError("cutout_size upper bound must be <= 1")
         return self
+
 
 
 class ModelConfig(_Section):
