@@ -148,7 +148,6 @@ class AugmentConfig(_Section):
         return self
 
 
-
 class ModelConfig(_Section):
     """Encoder f (ResNet family) and projection head g."""
 
