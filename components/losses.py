@@ -44,7 +44,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-# Added to the self-similarity logits. Any value far below -1/tau works; a finite one keeps
+# Added to the self-similarity logits. Any value far below every logit works (>= -1/tau with l2
+# norm; without it >= -|z|^2 / tau, far above unless |z|^2 / tau nears 1e9); a finite one keeps
 # the softmax free of inf - inf even if a row were fully masked.
 SELF_MASK_LOGIT = -1.0e9
 
@@ -70,7 +71,6 @@ class _Pairs(NamedTuple):
     """This worker's anchors against the global batch (n local images, N global)."""
 
     sims: Tensor  # (2n, 2N) float32: s_ik = u_i^T v_k, anchors = this worker's rows of the 2N
-    rows: Tensor  # (2n,) global index of each anchor
     positives: Tensor  # (2n,) global index of its twin
     self_mask: Tensor  # (2n, 2N) bool: True at (i, rows[i])
     n: int
@@ -103,7 +103,7 @@ def _pairs(z1: Tensor, z2: Tensor, l2_normalize: bool) -> _Pairs:
     rows = torch.cat([local, local + big_n])  # global index of each anchor
     positives = torch.cat([local + big_n, local])  # its twin
     self_mask = F.one_hot(rows, 2 * big_n).bool()
-    return _Pairs(sims, rows, positives, self_mask, n, big_n, world)
+    return _Pairs(sims, positives, self_mask, n, big_n, world)
 
 
 def _global_value(loss: Tensor, correct: Tensor, pairs: _Pairs) -> tuple[Tensor, Tensor]:
