@@ -141,17 +141,11 @@ class LossConfig(_Section):
     margin: float = Field(1.0, gt=0.0)
 
 
-def _is_default_loss(loss: LossConfig) -> bool:
-    return loss == LossConfig()
-
-
 class PretrainConfig(_Section):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(512, gt=1)  # global batch, split evenly over workers
     temperature: float = Field(0.5, gt=0.0)
-    # Left out of dumps while it is the default (NT-Xent with l2 norm), so that a default config
-    # keeps the digests, run names and MLflow params it had before this key existed.
-    loss: LossConfig = Field(LossConfig(), exclude_if=_is_default_loss)
+    loss: LossConfig = LossConfig()
     max_images: int | None = Field(None, gt=0)  # cap the training images (quick runs)
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
