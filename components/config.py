@@ -175,10 +175,26 @@ class OptimConfig(_Section):
     warmup_epochs: float = Field(10, ge=0.0)
 
 
+LossName = Literal["nt_xent", "nt_logistic", "margin_triplet"]  # components.losses.LOSSES
+
+
+class LossConfig(_Section):
+    """The contrastive loss (paper Table 2; Table 4 compares each with and without l2 norm).
+
+    ``nt_xent`` and ``nt_logistic`` use ``pretrain.temperature``; ``margin_triplet`` uses
+    ``margin`` (> 0: with 0, collapsed embeddings would be a minimum).
+    """
+
+    name: LossName = "nt_xent"
+    l2_normalize: bool = True  # cosine similarities; False: dot products of the raw projections
+    margin: float = Field(1.0, gt=0.0)
+
+
 class PretrainConfig(_Section):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(512, gt=1)  # global batch, split evenly over workers
     temperature: float = Field(0.5, gt=0.0)
+    loss: LossConfig = LossConfig()
     max_images: int | None = Field(None, gt=0)  # cap the training images (quick runs)
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False

@@ -222,7 +222,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
             forward_sync_buffers=not cfg.model.global_bn)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
-                           pre.channels_last)
+                           pre.channels_last, loss=pre.loss)
     log_every = log_every or max(1, steps_per_epoch // 2)
     run_start, run_start_step = time.perf_counter(), step
     config_json = cfg.model_dump(mode="json")

@@ -1,8 +1,8 @@
 """One SimCLR optimisation step, independent of the engine (a plain loop or a Ray Train worker).
 
 Batch in, metrics out: two views of every image, both encoded in ONE forward pass (so BN
-sees both views with the same statistics), NT-Xent in float32, backward, optimiser step with
-the learning rate of the global step.
+sees both views with the same statistics), the configured contrastive loss (NT-Xent by default)
+in float32, backward, optimiser step with the learning rate of the global step.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from components.losses import nt_xent_with_accuracy
+from components.config import LossConfig
+from components.losses import contrastive_loss_with_accuracy
 from components.optim import set_lr
 
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
 # What TrainStep.phase_seconds accumulates (forward includes the BN all-reduces under global BN,
-# loss the NT-Xent gather, backward DDP's gradient all-reduce).
+# loss the contrastive loss's gather, backward DDP's gradient all-reduce).
 PHASES = ("views", "forward", "loss", "backward", "optimizer")
 
 
@@ -28,9 +29,11 @@ class TrainStep:
 
     ``model`` returns ``(h, z)`` (a SimCLRModel, possibly wrapped in DistributedDataParallel);
     ``schedule`` maps the global step to the learning rate (e.g. ``WarmupCosine``); ``augment``
-    makes one view per call. ``precision="bf16"`` runs the forward pass under bf16 autocast
-    (the loss stays float32); ``channels_last`` feeds the views in NHWC memory order (the model
-    should be converted by the caller). The model's train/eval mode is the caller's choice.
+    makes one view per call; ``loss`` picks the contrastive loss (``pretrain.loss``; default
+    NT-Xent with l2 norm) and ``temperature`` is its temperature (unused by the margin loss).
+    ``precision="bf16"`` runs the forward pass under bf16 autocast (the loss stays float32);
+    ``channels_last`` feeds the views in NHWC memory order (the model should be converted by
+    the caller). The model's train/eval mode is the caller's choice.
     Raises ``FloatingPointError`` (before the optimiser step) if the loss is not finite.
     """
 
@@ -43,12 +46,14 @@ class TrainStep:
         temperature: float,
         precision: Literal["fp32", "bf16"] = "fp32",
         channels_last: bool = False,
+        loss: LossConfig | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.augment, self.temperature = augment, float(temperature)
         self.precision, self.channels_last = precision, channels_last
+        self.loss = loss if loss is not None else LossConfig()
         # Set to {} to accumulate seconds per phase (views, forward, loss, backward, optimizer).
         self.phase_seconds: dict[str, float] | None = None
 
@@ -72,8 +77,10 @@ class TrainStep:
         ):
             _, z = self.model(x)
         marks.append(time.perf_counter())
-        z1, z2 = z.float().chunk(2)  # bf16 under autocast -> float32: NT-Xent is fp32 by design
-        loss, acc = nt_xent_with_accuracy(z1, z2, self.temperature)
+        z1, z2 = z.float().chunk(2)  # bf16 under autocast -> float32: the loss is fp32 by design
+        loss, acc = contrastive_loss_with_accuracy(
+            z1, z2, self.loss.name, temperature=self.temperature,
+            l2_normalize=self.loss.l2_normalize, margin=self.loss.margin)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite SimCLR loss {loss.item()} at step {step}")
         marks.append(time.perf_counter())

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import PipelineConfig, load_config, parse_override
+from components.config import LossConfig, PipelineConfig, load_config, parse_override
 from components.errors import ConfigError
 from components.stages.cli import main
 
@@ -47,6 +47,12 @@ def test_parse_override_reads_yaml_values():
         ("model.arch=resnet99", "model.arch"),
         ("data.source.kind=tarball", "data.source.kind"),
         ("ray.num_workers=0", "ray.num_workers"),
+        ("pretrain.loss.name=xent", "pretrain.loss.name"),
+        ("pretrain.loss.margin=0", "pretrain.loss.margin"),
+        ("pretrain.loss.margin=-1.0", "pretrain.loss.margin"),
+        ("pretrain.loss.l2_normalize=maybe", "pretrain.loss.l2_normalize"),
+        ("pretrain.loss.temperature=0.1", "pretrain.loss.temperature: unknown key"),
+        ("pretrain.loss=nt_xent", "pretrain.loss"),
     ],
 )
 def test_bad_values_name_the_key(override, named):
@@ -75,6 +81,32 @@ def test_flat_and_digest():
     other = load_config(ROOT / "params.yaml", overrides=["pretrain.epochs=7"])
     assert cfg.digest("pretrain") != other.digest("pretrain")
     assert cfg.digest("data") == other.digest("data")
+
+
+def test_loss_defaults_to_nt_xent_with_l2_norm_and_is_set_by_overrides():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.pretrain.loss == LossConfig()
+    assert (cfg.pretrain.loss.name, cfg.pretrain.loss.l2_normalize) == ("nt_xent", True)
+    cfg = load_config(ROOT / "params.yaml", overrides=[
+        "pretrain.loss.name=margin_triplet", "pretrain.loss.l2_normalize=false",
+        "pretrain.loss.margin=0.5"])
+    assert cfg.pretrain.loss == LossConfig(name="margin_triplet", l2_normalize=False, margin=0.5)
+    cfg = load_config(ROOT / "params.yaml", overrides=["pretrain.loss={name: nt_logistic}"])
+    assert cfg.pretrain.loss == LossConfig(name="nt_logistic")
+
+
+def test_the_loss_is_ordinary_config_and_changes_the_pretrain_digest():
+    """``pretrain.loss`` is dumped (MLflow params, run names); any other loss changes the
+    pretraining digest and round-trips."""
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.flat()["pretrain.loss.name"] == "nt_xent"
+    explicit = load_config(ROOT / "params.yaml", overrides=["pretrain.loss.name=nt_xent"])
+    assert explicit == cfg and explicit.digest() == cfg.digest()
+    for override in ("pretrain.loss.name=nt_logistic", "pretrain.loss.l2_normalize=false",
+                     "pretrain.loss.margin=2.0"):
+        other = load_config(ROOT / "params.yaml", overrides=[override])
+        assert other.digest("pretrain") != cfg.digest("pretrain"), override
+        assert PipelineConfig.model_validate(other.model_dump(mode="json")) == other
 
 
 def test_cli_rejects_bad_config_with_exit_2(tmp_path, capsys):

@@ -15,7 +15,7 @@ import torch
 from components.data.digits import digits_arrays
 from components.data.store import CanonicalDataset, DatasetWriter
 from components.training.local_runner import run_local_pretraining
-from components.training.loop import EpochEnd, Hook
+from components.training.loop import EpochEnd, Hook, run_name_for
 from components.training.monitor import knn_samples, monitor_split
 from components.training.sampling import (
     epoch_permutation,
@@ -133,3 +133,27 @@ def test_single_process_runner_resumes_to_the_uninterrupted_result(
     assert [row["loss"] for row in resumed.history] == [row["loss"] for row in whole.history]
     for key, value in whole.model_state.items():
         assert torch.equal(resumed.model_state[key], value), key
+
+
+def test_the_loop_trains_with_the_configured_loss(
+        digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pretrain.loss`` reaches the train step, and a non-default loss is another run."""
+    import components.training.step as step_module
+
+    names = []
+    real_loss = step_module.contrastive_loss_with_accuracy
+
+    def observed(z1: torch.Tensor, z2: torch.Tensor, name: str, **kwargs):
+        names.append((name, kwargs["l2_normalize"], kwargs["margin"]))
+        return real_loss(z1, z2, name, **kwargs)
+
+    monkeypatch.setattr(step_module, "contrastive_loss_with_accuracy", observed)
+    loss = {"name": "margin_triplet", "l2_normalize": False, "margin": 0.5}
+    cfg = digits_config(digits_root, tmp_path, pretrain={"epochs": 1, "knn_every": 0,
+                                                         "loss": loss})
+    outcome = run_local_pretraining(cfg, _dataset(digits_root))
+    assert names == [("margin_triplet", False, 0.5)] * 8  # 512 images / 64
+    assert len(outcome.history) == 1 and np.isfinite(outcome.history[0]["loss"])
+    default = digits_config(digits_root, tmp_path, pretrain={"epochs": 1, "knn_every": 0})
+    assert outcome.run_name != run_name_for(default, CanonicalDataset(
+        _dataset(digits_root)).content_hash)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from components.augment import SimCLRAugment
-from components.config import AugmentConfig, ModelConfig, OptimConfig
+from components.config import AugmentConfig, LossConfig, ModelConfig, OptimConfig
+from components.losses import nt_xent_with_accuracy
 from components.models.simclr import build_simclr_model
 from components.optim import WarmupCosine, build_optimizer, peak_lr
 from components.training.step import TrainStep
@@ -14,7 +15,8 @@ from components.training.step import TrainStep
 BATCH = 16
 
 
-def _setup(precision: str = "fp32", channels_last: bool = False, seed: int = 0):
+def _setup(precision: str = "fp32", channels_last: bool = False, seed: int = 0,
+           loss: LossConfig | None = None):
     torch.manual_seed(seed)
     model = build_simclr_model(ModelConfig(arch="small", width=0.25), 1, 16)
     if channels_last:
@@ -23,7 +25,8 @@ def _setup(precision: str = "fp32", channels_last: bool = False, seed: int = 0):
     opt = build_optimizer(model, optim_cfg, BATCH)
     sched = WarmupCosine(peak_lr(optim_cfg, BATCH), 2, 20)
     aug = SimCLRAugment(AugmentConfig(crop_scale=(0.5, 1.0)), 16, 1)
-    return model, opt, sched, TrainStep(model, opt, sched, aug, 0.5, precision, channels_last)
+    return model, opt, sched, TrainStep(model, opt, sched, aug, 0.5, precision, channels_last,
+                                        loss=loss)
 
 
 def _images(n: int = BATCH) -> torch.Tensor:
@@ -101,14 +104,65 @@ def test_bf16_autocast_gives_the_loss_float32_projections(monkeypatch: pytest.Mo
     model, _, _, step = _setup("bf16")
     head_dtypes, loss_dtypes = [], []
     model.head.register_forward_hook(lambda mod, args, out: head_dtypes.append(out.dtype))
-    real_loss = step_module.nt_xent_with_accuracy
+    real_loss = step_module.contrastive_loss_with_accuracy
 
-    def observed(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
+    def observed(z1: torch.Tensor, z2: torch.Tensor, *args, **kwargs):
         loss_dtypes.append((z1.dtype, z2.dtype))
-        return real_loss(z1, z2, temperature)
+        return real_loss(z1, z2, *args, **kwargs)
 
-    monkeypatch.setattr(step_module, "nt_xent_with_accuracy", observed)
+    monkeypatch.setattr(step_module, "contrastive_loss_with_accuracy", observed)
     out = step(_images(), 0, torch.Generator().manual_seed(0))
     assert head_dtypes == [torch.bfloat16]  # autocast was really on
     assert loss_dtypes == [(torch.float32, torch.float32)]
     assert torch.isfinite(torch.tensor(out["loss"]))
+
+
+def _three_steps(step: TrainStep, model: torch.nn.Module):
+    out = [step(_images(), s, torch.Generator().manual_seed(s)) for s in range(3)]
+    return out, [p.detach().clone() for p in model.parameters()]
+
+
+def test_default_loss_is_exactly_nt_xent_with_accuracy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default step (no ``loss`` given, or ``LossConfig()``) is bit for bit the step that
+    calls nt_xent_with_accuracy(z1, z2, temperature) directly, as it did before losses were
+    configurable (test_losses shows that function equals its original code)."""
+    import components.training.step as step_module
+
+    runs = [_three_steps(step, model) for model, _, _, step in (_setup(), _setup(loss=LossConfig()))]
+    monkeypatch.setattr(step_module, "contrastive_loss_with_accuracy",
+                        lambda z1, z2, name, *, temperature, **_: nt_xent_with_accuracy(
+                            z1, z2, temperature))
+    model, _, _, step = _setup()
+    runs.append(_three_steps(step, model))
+    for out, params in runs[1:]:
+        assert out == runs[0][0]
+        for a, b in zip(params, runs[0][1], strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loss", [
+    LossConfig(name="nt_xent", l2_normalize=False),
+    LossConfig(name="nt_logistic"),
+    LossConfig(name="nt_logistic", l2_normalize=False),
+    LossConfig(name="margin_triplet", margin=0.5),
+    LossConfig(name="margin_triplet", l2_normalize=False, margin=2.0),
+])
+def test_the_configured_loss_is_the_one_trained(loss: LossConfig,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import components.training.step as step_module
+
+    calls = []
+    real_loss = step_module.contrastive_loss_with_accuracy
+
+    def observed(z1: torch.Tensor, z2: torch.Tensor, name: str, **kwargs):
+        calls.append((name, kwargs))
+        return real_loss(z1, z2, name, **kwargs)
+
+    monkeypatch.setattr(step_module, "contrastive_loss_with_accuracy", observed)
+    model, _, _, step = _setup(loss=loss)
+    before = [p.detach().clone() for p in model.parameters()]
+    out = step(_images(), 3, torch.Generator().manual_seed(0))
+    assert calls == [(loss.name, {"temperature": 0.5, "l2_normalize": loss.l2_normalize,
+                                  "margin": loss.margin})]
+    assert torch.isfinite(torch.tensor(out["loss"])) and 0.0 <= out["contrastive_acc"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
