@@ -223,7 +223,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
                            pre.channels_last, loss=pre.loss)
-    log_every = log_every or max(1, steps_per_epoch // 2)
+    log_every = log_every or max(1, (steps_per_epoch + 1) // 2)  # one line, at half-way
     run_start, run_start_step = time.perf_counter(), step
     config_json = cfg.model_dump(mode="json")
 

@@ -15,7 +15,7 @@ import torch
 from components.data.digits import digits_arrays
 from components.data.store import CanonicalDataset, DatasetWriter
 from components.training.local_runner import run_local_pretraining
-from components.training.loop import EpochEnd, Hook, run_name_for
+from components.training.loop import EpochEnd, Hook, progress_logger, run_name_for
 from components.training.monitor import knn_samples, monitor_split
 from components.training.sampling import (
     epoch_permutation,
@@ -157,3 +157,20 @@ def test_the_loop_trains_with_the_configured_loss(
     default = digits_config(digits_root, tmp_path, pretrain={"epochs": 1, "knn_every": 0})
     assert outcome.run_name != run_name_for(default, CanonicalDataset(
         _dataset(digits_root)).content_hash)
+
+
+def test_one_progress_line_in_mid_epoch_and_one_when_the_epoch_is_done(
+        digits_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """7 steps per epoch (an odd count): one line at step 4 of 7, then the epoch's done line."""
+    cfg = digits_config(digits_root, tmp_path, pretrain={"epochs": 2, "max_images": 448,
+                                                         "knn_every": 0})
+    logger = progress_logger()  # its own handler and level, no propagation
+    logger.addHandler(caplog.handler)
+    try:
+        run_local_pretraining(cfg, _dataset(digits_root))
+    finally:
+        logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    progress = [line.split(" loss")[0] for line in lines if line.startswith("epoch ")]
+    assert progress == ["epoch 1/2 step 4/14", "epoch 1/2 done: step 7/14",
+                        "epoch 2/2 step 11/14", "epoch 2/2 done: step 14/14"], lines
