@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -109,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=stage_log_format())
     if not args.verbose:  # e.g. "Validating input example against model signature" per model
+        # `import mlflow` (later, in the stage) resets its logger to this level; set now too
+        # in case it is already imported
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager"
     try:
         cfg = (load_config(args.params, getattr(args, "preset", None), getattr(args, "overrides", []))
                if hasattr(args, "params") else None)
