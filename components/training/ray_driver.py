@@ -87,8 +87,7 @@ def connect_ray(cfg: PipelineConfig) -> float:
         return 0.0
     start = time.perf_counter()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env: dict[str, Any] = {
-        "worker_process_setup_hook": quiet_worker_logs if address else quiet_local_worker_logs}
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": quiet_worker_logs}
     if relayed():  # workers of a remote cluster do not inherit this process's environment
         runtime_env["env_vars"] = {RELAYED_ENV: "1"}
     common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
@@ -99,6 +98,7 @@ def connect_ray(cfg: PipelineConfig) -> float:
         logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
         needed = math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker)
         ray.init(num_cpus=max(needed, os.cpu_count() or 1), include_dashboard=False, **common)
+        start_autoscaling_coordinator()
     return time.perf_counter() - start
 
 
@@ -132,19 +132,28 @@ def quiet_worker_logs() -> None:
         logging.getLogger(context.origin).setLevel(logging.WARNING)
 
 
-# Ray Train's controller asks the autoscaling coordinator for its workers' resources with a
-# 5 s timeout and retries 20 s later; on a fresh local instance of a 2-core machine the
-# coordinator actor is often still starting, so the first request logs a warning with a
-# 17-line GetTimeoutError traceback. A local instance has no autoscaler to ask.
-AUTOSCALING_CLIENT_LOGGER = ("ray.train.v2._internal.execution.scaling_policy."
-                             "autoscaling_coordinator_client")
+# Ray Train's controller asks the autoscaling coordinator (a detached actor it creates on first
+# use) for its workers' resources with a 5 s timeout; on a fresh local instance of a 2-core
+# machine that actor is often still importing, so the first request fails with a warning and a
+# 17-line GetTimeoutError traceback (Ray retries 20 s later). Started and awaited here, it is up.
+COORDINATOR_START_TIMEOUT_S = 120.0
 
 
-def quiet_local_worker_logs() -> None:
-    """:func:`quiet_worker_logs` for a local instance, without the autoscaling requests'
-    warnings (a cluster keeps them: there a failing request means workers may not start)."""
-    quiet_worker_logs()
-    logging.getLogger(AUTOSCALING_CLIENT_LOGGER).setLevel(logging.ERROR)
+def start_autoscaling_coordinator() -> None:
+    """Start Ray Train's autoscaling coordinator on a new local instance and wait until it runs."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # another Ray layout: Ray Train starts it on first use
+        return
+    try:
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(),
+                timeout=COORDINATOR_START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        log.debug("autoscaling coordinator not up after %.0f s", COORDINATOR_START_TIMEOUT_S)
 
 
 def _quiet_ray_logs() -> None:
