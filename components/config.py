@@ -156,7 +156,9 @@ class ModelConfig(_Section):
     # auto: CIFAR stem (3x3, stride 1) for images <= 64 px, else ImageNet (7x7/2 + max-pool);
     # stride2: 3x3 stride 2, a quarter of the CIFAR stem's cost for CPU-sized runs
     stem: Literal["auto", "cifar", "stride2", "imagenet"] = "auto"
-    head_layers: Literal[2, 3] = 2
+    # 2: SimCLR v1 (Linear-BN-ReLU-Linear), 3: v2; the head study's 1: one Linear (linear
+    # head), 0: none (z = h, projection_dim unused)
+    head_layers: Literal[0, 1, 2, 3] = 2
     head_hidden_dim: int | None = None  # None: the representation size
     projection_dim: int = Field(128, gt=0)
     # BatchNorm over the global batch when training on more than one worker (paper 2.2)
