@@ -90,6 +90,7 @@ class AugmentConfig(_Section):
     ``ops`` picks the ops of a view (applied in the fixed order of ``AUGMENT_OPS``): ``color``
     is colour jitter + random greyscale, ``blur`` still follows ``blur`` ("auto": off at 32 px
     and less). The per-op settings below act only when their op is in ``ops``.
+    ``second_view_ops`` (default None: the same ops) gives the second view its own ops.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -102,6 +103,10 @@ class AugmentConfig(_Section):
     blur_p: float = Field(0.5, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     ops: list[AugmentOp] = Field(default_factory=lambda: list(DEFAULT_AUGMENT_OPS))
+    # None: both views use ``ops`` (SimCLR). A list: the second view uses these ops instead;
+    # [] is the identity view (the image, only resized to the model's size): the augmentation
+    # study's one-branch protocol (paper, Figure 5)
+    second_view_ops: list[AugmentOp] | None = None
     rotate_angles: list[Literal[0, 90, 180, 270]] = Field(  # one drawn uniformly per image
         default_factory=lambda: [0, 90, 180, 270])
     sobel_p: float = Field(1.0, ge=0.0, le=1.0)
@@ -110,7 +115,7 @@ class AugmentConfig(_Section):
     cutout_p: float = Field(1.0, ge=0.0, le=1.0)
     cutout_size: tuple[float, float] = (0.1, 0.5)  # the square's side, a fraction of the side
 
-    @field_validator("ops", mode="before")
+    @field_validator("ops", "second_view_ops", mode="before")
     @classmethod
     def _known_ops_once(cls, value: Any) -> Any:
         if isinstance(value, list | tuple):

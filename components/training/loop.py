@@ -221,8 +221,12 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
             model, device_ids=[device.index] if device.type == "cuda" else None,
             forward_sync_buffers=not cfg.model.global_bn)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
+    second_ops = cfg.augment.second_view_ops
+    second_augment = None if second_ops is None else SimCLRAugment(
+        cfg.augment.model_copy(update={"ops": second_ops, "second_view_ops": None}),
+        image_size=height, channels=channels)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
-                           pre.channels_last, loss=pre.loss)
+                           pre.channels_last, loss=pre.loss, second_augment=second_augment)
     log_every = log_every or max(1, steps_per_epoch // 2)
     run_start, run_start_step = time.perf_counter(), step
     config_json = cfg.model_dump(mode="json")
