@@ -203,6 +203,9 @@ class PretrainConfig(_Section):
     temperature: float = Field(0.5, gt=0.0)
     loss: LossConfig = LossConfig()
     max_images: int | None = Field(None, gt=0)  # cap the training images (quick runs)
+    # with max_images: None trains on the first max_images training images; a seed, on a
+    # seeded random sample of max_images of them (the study preset)
+    subset_seed: int | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     checkpoint_every: int = Field(1, gt=0)  # epochs
