@@ -319,6 +319,25 @@ class RegistryConfig(_Section):
     gate: GateConfig = GateConfig()
 
 
+# ----------------------------------------------------------------------------- studies
+StudyScale = Literal["smoke", "small", "full"]
+
+
+class StudyConfig(_Section):
+    """How ``simclr study NAME`` runs one of the paper's ablations (``components/studies``).
+
+    A trial's training and evaluation settings are the rest of this configuration plus the
+    trial's overrides; its resources are one Ray worker's (``ray.cpus_per_worker`` CPUs, one
+    GPU with ``ray.use_gpu``). ``scale`` picks the extent of every study's grid: ``smoke`` (2
+    levels per axis: tests, with the ``tiny`` preset), ``small`` (what fits a 2-core machine
+    with the ``study`` preset) or ``full`` (the paper's grids: the ``study-gpu`` preset).
+    """
+
+    scale: StudyScale = "small"
+    max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
+    results_dir: str = "bench/results/studies"  # <results_dir>/<experiment>/results.json, ...
+
+
 # ----------------------------------------------------------------------------- top level
 class PathsConfig(_Section):
     data: str = "data"  # canonical data sets and subsets (DVC outs)
@@ -342,6 +361,7 @@ class PipelineConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    study: StudyConfig = StudyConfig()
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PipelineConfig:
