@@ -32,7 +32,7 @@ from components.config import PipelineConfig
 from components.io import write_json
 from components.studies.grids import Trial
 from components.studies.report import TrialRecord
-from components.training.loop import progress_logger
+from components.training.loop import progress_logger, train_count
 
 SUMMARY_FILE = "trial_summary.json"
 MODEL_FILE = "model.pt"  # SimCLRModel state dict (encoder.* and head.*), torch.save
@@ -123,8 +123,7 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
     progress.info("study %s, trial %d/%d %r: %s %d epochs of %d images on %s", job.study,
                 job.index, job.count, job.name,
                 f"resuming at epoch {restored.epoch} of" if restored is not None else "training",
-                cfg.pretrain.epochs, cfg.pretrain.max_images or len(dataset.split("train")),
-                device)
+                cfg.pretrain.epochs, train_count(cfg, len(dataset.split("train"))), device)
 
     def on_epoch(metrics: dict[str, float], state: Any) -> None:
         history.append(dict(metrics))
