@@ -31,17 +31,20 @@ log = logging.getLogger(__name__)
 class StudyRunsCallback(tune.Callback):
     """Live MLflow logging of a study's trials (see the module docstring)."""
 
-    def __init__(self, runs: StudyRuns, trials: dict[str, Trial]) -> None:
-        self.runs, self.trials = runs, trials
+    def __init__(self, runs: StudyRuns, trials: dict[str, Trial], job: dict[str, Any]) -> None:
+        """``trials``: the plan's trials by name; ``job``: what the trials were handed
+        (:func:`components.studies.trial.study_job`), for their configurations."""
+        self.runs, self.trials, self.job = runs, trials, job
         self._client: Any = None
         self._run_ids: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self._last_step: dict[str, int] = {}
+        self._ended: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"runs": self.runs, "trials": self.trials}
+        return {"runs": self.runs, "trials": self.trials, "job": self.job}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["runs"], state["trials"])
+        self.__init__(state["runs"], state["trials"], state["job"])
 
     @property
     def client(self) -> Any:
@@ -57,7 +60,7 @@ class StudyRunsCallback(tune.Callback):
             from components.studies.trial import TrialJob
 
             name = self._name(trial)
-            cfg = TrialJob.from_tune_config(trial.config).config()
+            cfg = TrialJob.of(name, self.job).config()
             run_id = trial_run(self.runs, self.client, name, self.trials[name].overrides, cfg)
             self._run_ids[trial.trial_id] = run_id
             self._last_step[trial.trial_id] = logged_steps(self.client, run_id)
@@ -99,9 +102,12 @@ class StudyRunsCallback(tune.Callback):
         except Exception as err:  # noqa: BLE001
             log.warning("study %s: MLflow result of trial %r: %s", self.runs.study, name, err)
             return
+        self._ended.add(name)
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) or len(self._ended)
         value = record.metrics.get("linear_val_top1")
-        log.info("study %s: trial %r %s%s", self.runs.study, name, record.status,
-                 f", linear_val_top1 {value:.4f}" if isinstance(value, float) else "")
+        log.info("study %s: trial %r %s%s (%d of %d trials ended)", self.runs.study, name,
+                 record.status, f", linear_val_top1 {value:.4f}" if isinstance(value, float)
+                 else "", done, len(self.trials))
 
 
 __all__ = ["StudyRunsCallback"]

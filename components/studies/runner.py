@@ -144,7 +144,7 @@ def fit(plan: StudyPlan, cfg: PipelineConfig, data: StudyData, runs: Any) -> lis
     from ray import tune
 
     from components.studies.callback import StudyRunsCallback
-    from components.studies.trial import param_space, record_of, study_trial
+    from components.studies.trial import param_space, record_of, study_job, study_trial
 
     storage = studies_storage(cfg)
     path = f"{storage}/{plan.experiment}"
@@ -157,7 +157,10 @@ def fit(plan: StudyPlan, cfg: PipelineConfig, data: StudyData, runs: Any) -> lis
     # right after a trial finished does not redo it. Tune warns when that happens more than
     # once in 5 s (short trials); the snapshots are small, so the warning is off.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(study_trial, resources)
+    job = study_job(plan.study.name, plan.base.model_dump(mode="json"),
+                    {item.trial.name: item.overrides for item in plan.trials},
+                    str(data.dataset_path), str(data.subsets_path), plan.study.probe_z)
+    trainable = tune.with_resources(tune.with_parameters(study_trial, job=job), resources)
     with _ray(cfg, connect_ray):
         if tune.Tuner.can_restore(ray_path, storage_filesystem=filesystem):
             log.info("study %s: resuming Tune experiment %s (finished trials are kept)",
@@ -167,12 +170,8 @@ def fit(plan: StudyPlan, cfg: PipelineConfig, data: StudyData, runs: Any) -> lis
         else:
             log.info("study %s: %d trials in Tune experiment %s (%s per trial)", plan.study.name,
                      len(plan.trials), path, resources)
-            overrides = {item.trial.name: item.overrides for item in plan.trials}
-            space = param_space(plan.study.name, plan.names, plan.base.model_dump(mode="json"),
-                                overrides, str(data.dataset_path), str(data.subsets_path),
-                                plan.study.probe_z)
             tuner = tune.Tuner(
-                trainable, param_space=space,
+                trainable, param_space=param_space(plan.names),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=cfg.study.max_concurrent_trials, reuse_actors=True,
                     trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_dirname),
@@ -180,7 +179,7 @@ def fit(plan: StudyPlan, cfg: PipelineConfig, data: StudyData, runs: Any) -> lis
                     name=plan.experiment, storage_path=ray_storage,
                     storage_filesystem=filesystem, verbose=1,
                     callbacks=[StudyRunsCallback(runs, {t.trial.name: t.trial
-                                                        for t in plan.trials})],
+                                                        for t in plan.trials}, job)],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures)))
         grid = tuner.fit()
@@ -213,13 +212,14 @@ def tune_trial_name(trial: Any) -> str:
 
 
 def tune_trial_dirname(trial: Any) -> str:
-    """``003-nt-xent-l2-norm-tau-0.1``: its place in the study and a file-safe name."""
+    """``nt-xent-l2-norm-tau-0.1-3f2a1c``: a file-safe form of the trial's name, made unique
+    by a hash of the name itself."""
+    import hashlib
     import re
 
-    names = list(trial.config["job"]["overrides"])
     name = str(trial.config["trial"])
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()[:60]
-    return f"{names.index(name) + 1:03d}-{slug}"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 def _complete_child_runs(runs: Any, client: Any, plan: StudyPlan,

@@ -2,8 +2,8 @@
 
 :func:`study_trial` runs where Tune places it, on the resources Tune reserved for it (one
 Ray worker's: ``ray.cpus_per_worker`` CPUs, one GPU with ``ray.use_gpu``). It builds the
-trial's configuration from its :class:`TrialJob` (Tune's param space: the base configuration
-and every trial's overrides, plain data), runs the shared pretraining loop in one process
+trial's configuration from its :class:`TrialJob` (the study's shared job, handed over with
+``tune.with_parameters``: the base configuration and every trial's overrides), runs the shared pretraining loop in one process
 (:func:`components.training.local_runner.run_local_pretraining`, world 1) and reports every
 epoch to Tune, with a Tune checkpoint (the loop's training state) every
 ``pretrain.checkpoint_every`` epochs. Then the validation probes
@@ -19,6 +19,7 @@ trial as ``diverged`` (a finding: its metrics say so), not as an error.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -55,8 +56,8 @@ class TrialJob:
     probe_z: bool
 
     @classmethod
-    def from_tune_config(cls, config: dict[str, Any]) -> TrialJob:
-        job, name = config["job"], config["trial"]
+    def of(cls, name: str, job: dict[str, Any]) -> TrialJob:
+        """Trial ``name`` of the study's ``job`` (:func:`study_job`)."""
         names = list(job["overrides"])
         return cls(job["study"], name, names.index(name) + 1, len(names), job["base"],
                    job["overrides"][name], job["dataset"], job["subsets"], job["probe_z"])
@@ -67,22 +68,28 @@ class TrialJob:
         return trial_config(self.base, self.overrides, self.name)
 
 
-def param_space(study: str, names: list[str], base: dict[str, Any],
-                overrides: dict[str, dict[str, Any]], dataset: str, subsets: str,
-                probe_z: bool) -> dict[str, Any]:
-    """Tune's param space: a grid over the trial names and the job every trial shares."""
+def study_job(study: str, base: dict[str, Any], overrides: dict[str, dict[str, Any]],
+              dataset: str, subsets: str, probe_z: bool) -> dict[str, Any]:
+    """What every trial of a study shares (``tune.with_parameters``: Tune's own config of a
+    trial is its name only, so Tune's tables and files stay readable)."""
+    return {"study": study, "base": base, "overrides": overrides, "dataset": dataset,
+            "subsets": subsets, "probe_z": probe_z}
+
+
+def param_space(names: list[str]) -> dict[str, Any]:
+    """Tune's param space: a grid over the trial names."""
     from ray import tune
 
-    return {"trial": tune.grid_search(names),
-            "job": {"study": study, "base": base, "overrides": overrides, "dataset": dataset,
-                    "subsets": subsets, "probe_z": probe_z}}
+    return {"trial": tune.grid_search(names)}
 
 
-def study_trial(config: dict[str, Any]) -> None:
-    """The Ray Tune trainable of every study (see the module docstring)."""
+def study_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
+    """The Ray Tune trainable of every study (see the module docstring); ``config["trial"]``
+    names the trial of ``job`` (:func:`study_job`) to run."""
     from ray import tune
 
-    job = TrialJob.from_tune_config(config)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint otherwise
+    job = TrialJob.of(config["trial"], job)
     cfg = job.config()
     torch.set_num_threads(cfg.pretrain.threads_per_worker or max(1, int(cfg.ray.cpus_per_worker)))
     restored, summary = read_checkpoint(tune.get_checkpoint())
@@ -216,4 +223,5 @@ def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["DIVERGED", "FINISHED", "MODEL_FILE", "SUMMARY_FILE", "TrialJob", "param_space",
-           "read_checkpoint", "read_summary", "record_of", "run_trial", "study_trial"]
+           "read_checkpoint", "read_summary", "record_of", "run_trial", "study_job",
+           "study_trial"]

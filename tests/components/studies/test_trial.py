@@ -23,6 +23,7 @@ from components.studies.trial import (
     read_checkpoint,
     record_of,
     run_trial,
+    study_job,
 )
 from components.training.checkpointing import save_training_state
 from tests.components.studies.conftest import DigitsData
@@ -116,13 +117,11 @@ def test_checkpoints_give_back_the_state_or_the_summary(digits_data: DigitsData,
 
 
 def test_the_job_of_a_trial_is_its_plan_entry(digits_data: DigitsData):
-    """Tune's param space gives every trial the base and all overrides; the job is the
-    trial's own configuration, the one the plan validated."""
+    """Every trial is handed the study's job (the base and all overrides) and its name; its
+    configuration is the one the plan validated."""
     plan = StudyPlan.of(study_named("temperature"), digits_data.cfg, "")
-    config = {"trial": plan.names[2], "job": {
-        "study": "temperature", "base": digits_data.cfg.model_dump(mode="json"),
-        "overrides": {item.trial.name: item.overrides for item in plan.trials},
-        "dataset": "d", "subsets": "s", "probe_z": False}}
-    job = TrialJob.from_tune_config(config)
+    shared = study_job("temperature", digits_data.cfg.model_dump(mode="json"),
+                       {item.trial.name: item.overrides for item in plan.trials}, "d", "s", False)
+    job = TrialJob.of(plan.names[2], shared)
     assert (job.index, job.count, job.name) == (3, 4, plan.names[2])
     assert job.config() == plan.trials[2].config
