@@ -154,6 +154,8 @@ def markdown_table(study: Study, plan: StudyPlan, records: Sequence[TrialRecord]
 def _number(value: float | None) -> str:
     if value is None or not _finite(value):
         return "-"
+    if abs(value) >= 1e5:  # a loss that ran away without becoming infinite
+        return f"{value:.2g}"
     return f"{value:.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:.3f}"
 
 
