@@ -38,7 +38,6 @@ class StudyRunsCallback(tune.Callback):
         self._client: Any = None
         self._run_ids: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self._last_step: dict[str, int] = {}
-        self._ended: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"runs": self.runs, "trials": self.trials, "job": self.job}
@@ -102,8 +101,8 @@ class StudyRunsCallback(tune.Callback):
         except Exception as err:  # noqa: BLE001
             log.warning("study %s: MLflow result of trial %r: %s", self.runs.study, name, err)
             return
-        self._ended.add(name)
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) or len(self._ended)
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        done = len(ended | {trial.trial_id})  # Tune marks this one after its callbacks
         value = record.metrics.get("linear_val_top1")
         log.info("study %s: trial %r %s%s (%d of %d trials ended)", self.runs.study, name,
                  record.status, f", linear_val_top1 {value:.4f}" if isinstance(value, float)
