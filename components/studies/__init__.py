@@ -8,7 +8,8 @@
   and on z where the study asks; kNN).
 - :mod:`~components.studies.trial`: the Ray Tune trainable: the shared pretraining loop in one
   process, checkpoints through Tune, then the probes.
-- :mod:`~components.studies.tracking`: one MLflow parent run per study, a child run per trial.
+- :mod:`~components.studies.tracking`: one MLflow parent run per study, a child run per trial;
+  :mod:`~components.studies.callback` logs each trial from Tune's driver as it runs.
 - :mod:`~components.studies.report`: the results table, the plot and ``results.json``.
 - :mod:`~components.studies.runner`: the Tune experiment (start or restore) and the above.
 - :mod:`~components.studies.commands`: ``simclr study NAME``.
