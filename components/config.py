@@ -90,6 +90,7 @@ class AugmentConfig(_Section):
     ``ops`` picks the ops of a view (applied in the fixed order of ``AUGMENT_OPS``): ``color``
     is colour jitter + random greyscale, ``blur`` still follows ``blur`` ("auto": off at 32 px
     and less). The per-op settings below act only when their op is in ``ops``.
+    ``second_view_ops`` (default None: the same ops) gives the second view its own ops.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -102,6 +103,10 @@ class AugmentConfig(_Section):
     blur_p: float = Field(0.5, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     ops: list[AugmentOp] = Field(default_factory=lambda: list(DEFAULT_AUGMENT_OPS))
+    # None: both views use ``ops`` (SimCLR). A list: the second view uses these ops instead;
+    # [] is the identity view (the image, only resized to the model's size): the augmentation
+    # study's one-branch protocol (paper, Figure 5)
+    second_view_ops: list[AugmentOp] | None = None
     rotate_angles: list[Literal[0, 90, 180, 270]] = Field(  # one drawn uniformly per image
         default_factory=lambda: [0, 90, 180, 270])
     sobel_p: float = Field(1.0, ge=0.0, le=1.0)
@@ -110,7 +115,7 @@ class AugmentConfig(_Section):
     cutout_p: float = Field(1.0, ge=0.0, le=1.0)
     cutout_size: tuple[float, float] = (0.1, 0.5)  # the square's side, a fraction of the side
 
-    @field_validator("ops", mode="before")
+    @field_validator("ops", "second_view_ops", mode="before")
     @classmethod
     def _known_ops_once(cls, value: Any) -> Any:
         if isinstance(value, list | tuple):
@@ -156,7 +161,9 @@ class ModelConfig(_Section):
     # auto: CIFAR stem (3x3, stride 1) for images <= 64 px, else ImageNet (7x7/2 + max-pool);
     # stride2: 3x3 stride 2, a quarter of the CIFAR stem's cost for CPU-sized runs
     stem: Literal["auto", "cifar", "stride2", "imagenet"] = "auto"
-    head_layers: Literal[2, 3] = 2
+    # 2: SimCLR v1 (Linear-BN-ReLU-Linear), 3: v2; the head study's 1: one Linear (linear
+    # head), 0: none (z = h, projection_dim unused)
+    head_layers: Literal[0, 1, 2, 3] = 2
     head_hidden_dim: int | None = None  # None: the representation size
     projection_dim: int = Field(128, gt=0)
     # BatchNorm over the global batch when training on more than one worker (paper 2.2)
@@ -196,6 +203,9 @@ class PretrainConfig(_Section):
     temperature: float = Field(0.5, gt=0.0)
     loss: LossConfig = LossConfig()
     max_images: int | None = Field(None, gt=0)  # cap the training images (quick runs)
+    # with max_images: None trains on the first max_images training images; a seed, on a
+    # seeded random sample of max_images of them (the study preset)
+    subset_seed: int | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     checkpoint_every: int = Field(1, gt=0)  # epochs
@@ -309,6 +319,25 @@ class RegistryConfig(_Section):
     gate: GateConfig = GateConfig()
 
 
+# ----------------------------------------------------------------------------- studies
+StudyScale = Literal["smoke", "small", "full"]
+
+
+class StudyConfig(_Section):
+    """How ``simclr study NAME`` runs one of the paper's ablations (``components/studies``).
+
+    A trial's training and evaluation settings are the rest of this configuration plus the
+    trial's overrides; its resources are one Ray worker's (``ray.cpus_per_worker`` CPUs, one
+    GPU with ``ray.use_gpu``). ``scale`` picks the extent of every study's grid: ``smoke`` (2
+    levels per axis: tests, with the ``tiny`` preset), ``small`` (what fits a 2-core machine
+    with the ``study`` preset) or ``full`` (the paper's grids: the ``study-gpu`` preset).
+    """
+
+    scale: StudyScale = "small"
+    max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
+    results_dir: str = "bench/results/studies"  # <results_dir>/<experiment>/results.json, ...
+
+
 # ----------------------------------------------------------------------------- top level
 class PathsConfig(_Section):
     data: str = "data"  # canonical data sets and subsets (DVC outs)
@@ -332,6 +361,7 @@ class PipelineConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    study: StudyConfig = StudyConfig()
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PipelineConfig:

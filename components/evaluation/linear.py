@@ -116,6 +116,61 @@ def _validation_split(labels: np.ndarray, val_fraction: float, seed: int) -> tup
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def _tensors(train_features: Any, train_labels: Any, val_features: Any,
+             val_labels: Any) -> tuple[torch.Tensor, ...]:
+    """float32 features and int64 labels of the fit and validation rows, as tensors."""
+    return (torch.as_tensor(np.asarray(train_features), dtype=torch.float32),
+            torch.as_tensor(np.asarray(train_labels), dtype=torch.int64),
+            torch.as_tensor(np.asarray(val_features), dtype=torch.float32),
+            torch.as_tensor(np.asarray(val_labels), dtype=torch.int64))
+
+
+def _regularisation_path(
+    x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor,
+    num_classes: int, l2_grid: list[float], max_iter: int,
+) -> tuple[dict[float, float], dict[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """Validation top-1 and solution ``(weight, bias)`` of every L2 in the grid, fitted on
+    (x_tr, y_tr) standardised by its own mean / std: strongest L2 first, each fit warm-starting
+    the next (the optimum of the convex objective does not depend on the start)."""
+    grid = sorted({float(v) for v in l2_grid}, reverse=True)  # strongest first: wins ties
+    val_accuracy: dict[float, float] = {}
+    mean, std = _standardiser(x_tr)
+    z_tr, z_va = (x_tr - mean) / std, (x_va - mean) / std
+    solutions = {}
+    previous = None
+    for l2 in grid:
+        weight, bias = fit_logistic_regression(z_tr, y_tr, num_classes, l2, max_iter, init=previous)
+        previous = solutions[l2] = (weight, bias)
+        predictions = (z_va @ weight.T + bias).argmax(dim=1)
+        val_accuracy[l2] = float((predictions == y_va).float().mean())
+        log.debug("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
+                  val_accuracy[l2], len(z_tr), len(z_va))  # the choice is in the summary line
+    return val_accuracy, solutions
+
+
+def _strongest_best(val_accuracy: dict[float, float]) -> float:
+    """The L2 with the best validation top-1; ties go to the stronger regularisation."""
+    return max(sorted(val_accuracy, reverse=True), key=lambda l2: val_accuracy[l2])
+
+
+def validation_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    l2_grid: list[float],
+    max_iter: int = 100,
+) -> tuple[float, dict[float, float]]:
+    """``(chosen L2, {L2: validation top-1})``: steps 1-4 of the protocol without the refit,
+    for callers that report on validation only (the studies). Same numbers as
+    :func:`choose_linear_probe`'s ``l2`` and ``val_accuracy``. features (N, D), labels int (N,).
+    """
+    tensors = _tensors(train_features, train_labels, val_features, val_labels)
+    val_accuracy, _ = _regularisation_path(*tensors, num_classes, l2_grid, max_iter)
+    return _strongest_best(val_accuracy), val_accuracy
+
+
 def choose_linear_probe(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -130,24 +185,10 @@ def choose_linear_probe(
     features: (N, D) float; labels: int (N,) in [0, num_classes). ``val_accuracy`` holds the
     validation top-1 of every L2 tried (also for a one-value grid).
     """
-    x_tr = torch.as_tensor(np.asarray(train_features), dtype=torch.float32)
-    x_va = torch.as_tensor(np.asarray(val_features), dtype=torch.float32)
-    y_tr = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
-    y_va = torch.as_tensor(np.asarray(val_labels), dtype=torch.int64)
-    grid = sorted({float(v) for v in l2_grid}, reverse=True)  # strongest first: wins ties
-    val_accuracy: dict[float, float] = {}
-    mean, std = _standardiser(x_tr)
-    z_tr, z_va = (x_tr - mean) / std, (x_va - mean) / std
-    solutions = {}
-    previous = None  # regularisation path: strongest L2 first, each warm-starts the next
-    for l2 in grid:
-        weight, bias = fit_logistic_regression(z_tr, y_tr, num_classes, l2, max_iter, init=previous)
-        previous = solutions[l2] = (weight, bias)
-        predictions = (z_va @ weight.T + bias).argmax(dim=1)
-        val_accuracy[l2] = float((predictions == y_va).float().mean())
-        log.debug("linear probe: l2=%g val_top1=%.4f (%d train / %d val)", l2,
-                  val_accuracy[l2], len(z_tr), len(z_va))  # the choice is in the summary line
-    chosen = max(grid, key=lambda l2: val_accuracy[l2])  # first maximum = strongest L2
+    x_tr, y_tr, x_va, y_va = _tensors(train_features, train_labels, val_features, val_labels)
+    val_accuracy, solutions = _regularisation_path(x_tr, y_tr, x_va, y_va, num_classes, l2_grid,
+                                                   max_iter)
+    chosen = _strongest_best(val_accuracy)
     x_all, y_all = torch.cat([x_tr, x_va]), torch.cat([y_tr, y_va])
     mean, std = _standardiser(x_all)
     weight, bias = fit_logistic_regression((x_all - mean) / std, y_all, num_classes, chosen,

@@ -2,6 +2,7 @@
 
     simclr ingest   [--params params.yaml] [--preset tiny] [--set pretrain.epochs=2 ...]
     simclr params   [--preset tiny]          # the merged, validated configuration as YAML
+    simclr study temperature --preset study  # one of the paper's studies (components/studies)
 
 A :class:`~components.errors.PipelineError` (bad config, bad data, registry refusal) prints one
 ``error: ...`` line and exits with status 2; anything else is a bug and keeps its traceback.
@@ -97,11 +98,12 @@ def build_parser(extra: dict[str, tuple[str, Command, Callable[[argparse.Argumen
 
 
 def extra_commands() -> dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]]:
-    """Commands contributed by other modules (registry management, pipeline runs)."""
+    """Commands contributed by other modules (registry management, pipeline runs, studies)."""
+    from components.studies.commands import COMMANDS as study_commands
     from components.tracking.commands import COMMANDS as tracking_commands
     from components.verify_remote import COMMANDS as remote_commands
 
-    return {**tracking_commands, **remote_commands}
+    return {**tracking_commands, **remote_commands, **study_commands}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,12 @@ from components.data.store import CanonicalDataset
 from components.errors import ConfigError
 from components.logs import progress_log_format
 from components.training.checkpointing import TrainingState, capture_rng, restore_rng
-from components.training.sampling import epoch_permutation, local_batch_indices, step_generator
+from components.training.sampling import (
+    epoch_permutation,
+    local_batch_indices,
+    step_generator,
+    training_subset,
+)
 
 # pretrain.* keys that only change monitoring or speed, not the weights: editing them (or the
 # ray section: workers, address, storage) after a crash still resumes the same run.
@@ -221,8 +226,13 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
             model, device_ids=[device.index] if device.type == "cuda" else None,
             forward_sync_buffers=not cfg.model.global_bn)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
+    second_ops = cfg.augment.second_view_ops
+    second_augment = None if second_ops is None else SimCLRAugment(
+        cfg.augment.model_copy(update={"ops": second_ops, "second_view_ops": None}),
+        image_size=height, channels=channels)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
-                           pre.channels_last, loss=pre.loss)
+                           pre.channels_last, loss=pre.loss, second_augment=second_augment)
+    rows = training_subset(pre.subset_seed, pre.max_images, len(train))
     log_every = log_every or max(1, (steps_per_epoch + 1) // 2)  # one line, at half-way
     run_start, run_start_step = time.perf_counter(), step
     config_json = cfg.model_dump(mode="json")
@@ -235,6 +245,8 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
         lr = schedule.lr_at(step)
         for i in range(steps_per_epoch):
             idx = local_batch_indices(perm, i, pre.batch_size, rank, world)
+            if rows is not None:
+                idx = rows[idx]
             images = to_float_tensor(train.images(idx)).to(device, non_blocking=True)
             out = train_step(images, step, step_generator(cfg.seed, step, rank))
             step += 1

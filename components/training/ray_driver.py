@@ -32,8 +32,8 @@ from components.logs import RELAYED_ENV, relayed
 from components.training.checkpointing import load_training_state
 from components.training.loop import Hook, PretrainOutcome, run_name_for, validate
 
-__all__ = ["PretrainOutcome", "connect_ray", "prepare_local_instance", "resolve_storage",
-           "run_name_for", "run_pretraining"]
+__all__ = ["PretrainOutcome", "connect_ray", "prepare_local_instance", "quiet_ray_logs",
+           "resolve_storage", "run_name_for", "run_pretraining", "storage_filesystem"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def resolve_storage(storage_path: str) -> str:
     return str(Path(storage_path).expanduser().resolve())
 
 
-def _storage_filesystem(storage_path: str) -> Any:
+def storage_filesystem(storage_path: str) -> Any:
     """An explicit S3 filesystem when ``AWS_ENDPOINT_URL`` points at a non-AWS server.
 
     Ray's controller and workers are separate processes (possibly started before this
@@ -156,14 +156,14 @@ def start_autoscaling_coordinator() -> None:
         log.debug("autoscaling coordinator not up after %.0f s", COORDINATOR_START_TIMEOUT_S)
 
 
-def _quiet_ray_logs() -> None:
+def quiet_ray_logs() -> None:
     """Ray's own INFO chatter drowns the training progress lines.
 
     Before ``import ray`` (Ray reads these at import): under the flow, whose logger names the
     stage and timestamps each line, the workers' ``(RayTrainWorker pid=...)`` prefix goes; off
     a terminal, so do its colour codes. Ray Train's per-report ``Reporting training result``
     lines and checkpoint notes are INFO of ``ray.train``: ``RunConfig.logging_config`` keeps
-    its warnings only (:func:`run_pretraining`).
+    its warnings only (:func:`run_pretraining`). Also called by the study runner (Ray Tune).
     """
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -198,11 +198,11 @@ def run_pretraining(
     name = run_name or run_name_for(cfg, dataset.content_hash)
     storage = resolve_storage(cfg.ray.storage_path)
 
-    _quiet_ray_logs()
+    quiet_ray_logs()
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    filesystem = _storage_filesystem(storage)
+    filesystem = storage_filesystem(storage)
     # With an explicit filesystem Ray wants the path without its scheme (bucket/prefix).
     ray_storage = storage.split("://", 1)[1] if filesystem is not None else storage
     ray_init_s = connect_ray(cfg)

@@ -1,8 +1,9 @@
 """Data order of a pretraining run: pure functions of (seed, epoch, step, rank).
 
-The global batch order of epoch ``e`` is a permutation seeded by ``(seed, e)``; rank ``r`` of
-``world`` takes rows ``[r b, (r + 1) b)`` of each global batch of ``B = world b`` images (the
-last partial batch is dropped, so every rank has equal shapes). The augmentation generator of
+The training images are the split's first ``max_images`` rows, or a seeded sample of that
+many (:func:`training_subset`). The global batch order of epoch ``e`` is a permutation seeded
+by ``(seed, e)``; rank ``r`` of ``world`` takes rows ``[r b, (r + 1) b)`` of each global batch
+of ``B = world b`` images (the last partial batch is dropped, so every rank has equal shapes). The augmentation generator of
 a step is seeded by ``(seed, step, rank)``. A resumed run therefore sees the same images and
 views, and the global batches do not depend on the number of workers.
 """
@@ -11,6 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def training_subset(seed: int | None, count: int | None, available: int) -> np.ndarray | None:
+    """Rows of the training split a run trains on, or None for its first ``count`` (all when
+    ``count`` is None): with a ``seed`` and a ``count`` below ``available``, a sorted int64
+    sample (count,) of row indices, a pure function of (seed, count, available). Epoch ``e``'s
+    permutation then orders these rows (``pretrain.subset_seed``)."""
+    if seed is None or count is None or count >= available:
+        return None
+    rng = np.random.default_rng([seed, available])
+    return np.sort(rng.choice(available, size=count, replace=False)).astype(np.int64)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

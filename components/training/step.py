@@ -29,7 +29,8 @@ class TrainStep:
 
     ``model`` returns ``(h, z)`` (a SimCLRModel, possibly wrapped in DistributedDataParallel);
     ``schedule`` maps the global step to the learning rate (e.g. ``WarmupCosine``); ``augment``
-    makes one view per call; ``loss`` picks the contrastive loss (``pretrain.loss``; default
+    makes one view per call (``second_augment``, when given, makes the second view instead:
+    the augmentation study's asymmetric pairs, ``augment.second_view_ops``); ``loss`` picks the contrastive loss (``pretrain.loss``; default
     NT-Xent with l2 norm) and ``temperature`` is its temperature (unused by the margin loss).
     ``precision="bf16"`` runs the forward pass under bf16 autocast (the loss stays float32);
     ``channels_last`` feeds the views in NHWC memory order (the model should be converted by
@@ -47,11 +48,13 @@ class TrainStep:
         precision: Literal["fp32", "bf16"] = "fp32",
         channels_last: bool = False,
         loss: LossConfig | None = None,
+        second_augment: Augment | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.augment, self.temperature = augment, float(temperature)
+        self.second_augment = second_augment if second_augment is not None else augment
         self.precision, self.channels_last = precision, channels_last
         self.loss = loss if loss is not None else LossConfig()
         # Set to {} to accumulate seconds per phase (views, forward, loss, backward, optimizer).
@@ -60,7 +63,8 @@ class TrainStep:
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, C, H, W) -> (2B, C, S, S): all first views, then all second views."""
         with torch.no_grad():
-            x = torch.cat([self.augment(images, generator), self.augment(images, generator)])
+            x = torch.cat([self.augment(images, generator),
+                           self.second_augment(images, generator)])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

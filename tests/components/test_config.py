@@ -207,3 +207,13 @@ def test_params_file_update_keeps_comments_and_key_order(tmp_path):
     with pytest.raises(ConfigError, match="pretrain.batch_size"):
         apply_to_params_file(params, None, ["pretrain.batch_size=63"])
     assert params.read_text() == text  # refused before anything is written
+
+
+def test_the_study_section_is_validated_and_named_in_errors():
+    from components.config import StudyConfig, config_from_dict
+
+    assert config_from_dict({}).study == StudyConfig(scale="small", max_concurrent_trials=None)
+    with pytest.raises(ConfigError, match=r"study\.scale"):
+        config_from_dict({"study": {"scale": "huge"}})
+    with pytest.raises(ConfigError, match=r"study\.max_concurrent_trials"):
+        config_from_dict({"study": {"max_concurrent_trials": 0}})

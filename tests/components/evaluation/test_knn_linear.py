@@ -73,3 +73,17 @@ def test_single_l2_is_still_scored_on_validation():
     probe = fit_linear_probe(x, y, 2, l2_grid=[1e-3])
     assert probe.l2 == 1e-3 and list(probe.val_accuracy) == [1e-3]  # still scored: val_top1
     assert (probe.scores(x).argmax(1) == y).mean() > 0.9
+
+
+def test_validation_probe_gives_the_choice_and_scores_of_the_full_protocol():
+    """The studies' probe (no refit on train + val) chooses the same L2 with the same
+    validation top-1 of every L2 as the pipeline's protocol."""
+    from components.evaluation.linear import choose_linear_probe, validation_probe
+
+    x, y = load_digits(return_X_y=True)
+    train, val = slice(0, 1200), slice(1200, None)
+    grid = [1e-1, 1e-3, 1e-5]
+    probe = choose_linear_probe(x[train], y[train], x[val], y[val], 10, grid, max_iter=50)
+    l2, scores = validation_probe(x[train], y[train], x[val], y[val], 10, grid, max_iter=50)
+    assert l2 == probe.l2 and scores == probe.val_accuracy
+    assert set(scores) == set(grid) and scores[l2] == max(scores.values()) > 0.85

@@ -6,6 +6,7 @@ same loop is tested in test_ray_driver.py.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from components.training.sampling import (
     local_batch_indices,
     step_generator,
     stratified_sample,
+    training_subset,
 )
 from tests.components.training.conftest import digits_config
 from tests.components.training.hooks import RecordEpochs
@@ -50,6 +52,18 @@ def test_step_generator_is_a_function_of_seed_step_and_rank() -> None:
     assert torch.equal(draw(0, 7, 1), draw(0, 7, 1))
     assert not torch.equal(draw(0, 7, 1), draw(0, 7, 0))
     assert not torch.equal(draw(0, 7, 1), draw(0, 8, 1))
+
+
+def test_a_subset_seed_picks_a_seeded_sample_of_the_training_images() -> None:
+    rows = training_subset(seed=7, count=100, available=1000)
+    assert rows.dtype == np.int64 and len(np.unique(rows)) == 100 and rows.max() < 1000
+    assert np.array_equal(rows, np.sort(rows))
+    assert np.array_equal(rows, training_subset(7, 100, 1000))
+    assert not np.array_equal(rows, training_subset(8, 100, 1000))
+    assert not np.array_equal(rows, np.arange(100))
+    # no seed, no cap, or a cap at least the split: the first rows (None)
+    assert training_subset(None, 100, 1000) is None
+    assert training_subset(7, None, 1000) is None and training_subset(7, 1000, 1000) is None
 
 
 # ----------------------------------------------------------------------------- kNN sample
@@ -133,6 +147,46 @@ def test_single_process_runner_resumes_to_the_uninterrupted_result(
     assert [row["loss"] for row in resumed.history] == [row["loss"] for row in whole.history]
     for key, value in whole.model_state.items():
         assert torch.equal(resumed.model_state[key], value), key
+
+
+def test_a_caller_restores_and_receives_every_epoch_itself(
+        digits_root: Path, tmp_path: Path) -> None:
+    """``restored`` and ``report`` (what a Ray Tune trial passes): every epoch's row reaches
+    the caller with the state on checkpoint epochs, and a run resumed from a handed state
+    ends where the uninterrupted one does."""
+    cfg = digits_config(digits_root, tmp_path, pretrain={"epochs": 3, "knn_every": 0,
+                                                         "checkpoint_every": 2})
+    seen: list[tuple[int, int | None]] = []
+    states = {}
+
+    def report(metrics, state):
+        seen.append((int(metrics["epoch"]), state.epoch if state else None))
+        if state is not None:  # the live model's tensors: keep a copy, as a checkpoint does
+            states[state.epoch] = copy.deepcopy(state)
+
+    whole = run_local_pretraining(cfg, _dataset(digits_root), report=report)
+    assert seen == [(1, None), (2, 2), (3, 3)]
+    resumed = run_local_pretraining(cfg, _dataset(digits_root), restored=states[2])
+    assert [row["resumed_from"] for row in resumed.history] == [0, 0, 2]
+    assert resumed.history[-1]["loss"] == whole.history[-1]["loss"]
+    for key, value in whole.model_state.items():
+        assert torch.equal(resumed.model_state[key], value), key
+
+
+def test_a_subset_seed_and_an_asymmetric_view_are_other_runs(
+        digits_root: Path, tmp_path: Path) -> None:
+    """``pretrain.subset_seed`` trains on other images and ``augment.second_view_ops`` on
+    other views: other losses, other run names."""
+    content_hash = CanonicalDataset(_dataset(digits_root)).content_hash
+    short = {"epochs": 1, "knn_every": 0, "max_images": 256}
+    base = digits_config(digits_root, tmp_path, pretrain=short)
+    first = run_local_pretraining(base, _dataset(digits_root)).history[0]["loss"]
+    for sections in ({"pretrain": {**short, "subset_seed": 3}},
+                     {"pretrain": short, "augment": {"second_view_ops": []}}):
+        cfg = digits_config(digits_root, tmp_path, **sections)
+        outcome = run_local_pretraining(cfg, _dataset(digits_root))
+        assert outcome.history[0]["loss"] != first, sections
+        assert outcome.run_name != run_name_for(base, content_hash), sections
 
 
 def test_the_loop_trains_with_the_configured_loss(

@@ -59,6 +59,19 @@ def test_views_are_first_all_view1_then_all_view2() -> None:
     assert torch.equal(views, want)
 
 
+def test_an_identity_second_view_leaves_the_first_view_alone() -> None:
+    """``second_augment`` (``augment.second_view_ops``) makes the second view: with no ops it
+    is the image itself (the augmentation study's untouched branch), and the first view is
+    the one the symmetric step draws (the identity draws no random numbers)."""
+    model, opt, sched, step = _setup()
+    identity = SimCLRAugment(AugmentConfig(ops=[]), 16, 1)
+    asymmetric = TrainStep(model, opt, sched, step.augment, 0.5, second_augment=identity)
+    x = _images(4)
+    views = asymmetric.views(x, torch.Generator().manual_seed(3))
+    symmetric = step.views(x, torch.Generator().manual_seed(3))
+    assert torch.equal(views[:4], symmetric[:4]) and torch.equal(views[4:], x)
+
+
 def test_loss_falls_on_a_fixed_batch_and_parameters_move() -> None:
     model, _, _, step = _setup()
     before = [p.detach().clone() for p in model.parameters()]
