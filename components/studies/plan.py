@@ -3,8 +3,8 @@
 :meth:`StudyPlan.of` merges each trial's overrides (:mod:`components.studies.grids`) over the
 base configuration (``params.yaml`` + preset + ``--set``) and validates it before any work, so
 a bad override fails with one line naming the trial and the key. Every trial also gets
-:data:`VALIDATION_ONLY`: pretraining's kNN monitor queries the test split, and a study reads
-validation only.
+:data:`NO_MONITOR`: a trial is scored by its validation probe, so pretraining's kNN monitor
+(a forward pass over ``2 x pretrain.knn_images`` images per epoch) would only cost time.
 
 The experiment name ``<study>-<scale>-<key>`` is what a restart finds again: ``key`` digests
 every trial's name and the settings that change what it trains or how it is scored (the
@@ -24,7 +24,7 @@ from components.errors import ConfigError
 from components.studies.grids import Study, Trial
 from components.training.loop import NOT_TRAINING_KEYS, TRAINING_SECTIONS
 
-VALIDATION_ONLY: dict[str, Any] = {"pretrain.knn_every": 0}
+NO_MONITOR: dict[str, Any] = {"pretrain.knn_every": 0}
 SCORED_SECTIONS = ("evaluate",)
 NOT_SCORING_KEYS = ("evaluate.batch_size", "evaluate.device", "evaluate.cache_dir",
                     "evaluate.threads", "evaluate.finetune", "evaluate.supervised",
@@ -46,10 +46,10 @@ def nested(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_config(base: dict[str, Any], overrides: dict[str, Any], name: str = "") -> PipelineConfig:
-    """``base`` (a config dump) with a trial's overrides and :data:`VALIDATION_ONLY`,
+    """``base`` (a config dump) with a trial's overrides and :data:`NO_MONITOR`,
     validated; a bad value raises :class:`ConfigError` naming the trial."""
     try:
-        return config_from_dict(deep_merge(base, nested({**overrides, **VALIDATION_ONLY})))
+        return config_from_dict(deep_merge(base, nested({**overrides, **NO_MONITOR})))
     except ConfigError as err:
         raise ConfigError(f"trial {name!r}: {err}") from None
 
@@ -100,4 +100,4 @@ class StudyPlan:
         return [item.trial.name for item in self.trials]
 
 
-__all__ = ["VALIDATION_ONLY", "PlannedTrial", "StudyPlan", "nested", "trial_config"]
+__all__ = ["NO_MONITOR", "PlannedTrial", "StudyPlan", "nested", "trial_config"]

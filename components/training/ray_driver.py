@@ -33,7 +33,8 @@ from components.training.checkpointing import load_training_state
 from components.training.loop import Hook, PretrainOutcome, run_name_for, validate
 
 __all__ = ["PretrainOutcome", "connect_ray", "prepare_local_instance", "quiet_ray_logs",
-           "resolve_storage", "run_name_for", "run_pretraining", "storage_filesystem"]
+           "resolve_storage", "run_name_for", "run_pretraining", "start_autoscaling_coordinator",
+           "storage_filesystem"]
 
 log = logging.getLogger(__name__)
 

@@ -97,6 +97,30 @@ def test_knn_sample_covers_every_class_of_a_class_sorted_store(
     assert len(first_rows) <= 2  # what the old "first knn_images rows" monitor saw
 
 
+def test_the_monitor_never_reads_the_test_split(tmp_path: Path) -> None:
+    """A store without ``val`` (Fashion-MNIST's): queries are training rows off the bank; the
+    monitor runs with the test split's files gone."""
+    import shutil
+
+    from components.models.encoder import build_encoder
+    from components.training.monitor import knn_monitor
+
+    images, labels = digits_arrays()
+    root = tmp_path / "digits"
+    with DatasetWriter(root, "digits", [str(i) for i in range(10)], shard_size=500) as writer:
+        writer.add("train", images[:1200], labels[:1200])
+        writer.add("test", images[1200:], labels[1200:])
+        store = writer.commit(source={"kind": "digits"})
+    cfg = digits_config(tmp_path, tmp_path, pretrain={"knn_images": 200})
+    assert monitor_split(store) == "train"
+    bank, queries = knn_samples(store, cfg)
+    assert len(np.intersect1d(bank, queries)) == 0 and queries.max() < 1200
+    assert np.bincount(store.split("train").labels[queries], minlength=10).min() >= 15
+    shutil.rmtree(root / "test")
+    encoder = build_encoder(cfg.model, 1, store.image_shape[0])
+    assert 0.0 <= knn_monitor(encoder, CanonicalDataset(root), cfg) <= 1.0
+
+
 def test_stratified_sample_takes_everything_when_asked_for_more() -> None:
     labels = np.repeat(np.arange(3), 4)
     assert np.array_equal(stratified_sample(labels, 50, seed=0), np.arange(12))
