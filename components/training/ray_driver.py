@@ -185,8 +185,9 @@ def run_pretraining(
 ) -> PretrainOutcome:
     """Pretrain SimCLR on Ray Train workers; resumes the run if its checkpoints exist.
 
-    ``dataset_path``: canonical data set folder (``train`` split for training, ``val`` or
-    ``test`` for the kNN monitor); it must be readable at the same path on every Ray node.
+    ``dataset_path``: canonical data set folder (``train`` split for training and the kNN
+    monitor, ``val`` too when it has one; never ``test``); it must be readable at the same path
+    on every Ray node.
     ``run_name``: defaults to :func:`run_name_for` (data hash + training parameters).
     ``hooks``: picklable :class:`~components.training.loop.Hook` objects run in every worker.
     """
