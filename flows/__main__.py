@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,37 +71,54 @@ def main(argv: list[str] | None = None) -> int:
               "project?)", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    command = " ".join(["python -m flows", *(sys.argv[1:] if argv is None else argv)])
+    return run_guarded(project, command, args.wait, "pipeline", lambda: simclr_pipeline_state(args, project))
+
+
+def simclr_pipeline_state(args: argparse.Namespace, project: Path) -> Any:
+    from flows.pipeline import simclr_pipeline  # after the environment: Prefect reads it on import
+
+    return simclr_pipeline(preset=args.preset, overrides=args.overrides, project_dir=str(project),
+                           stages=args.stages, return_state=True)
+
+
+def run_guarded(project: Path, command: str, wait_s: float, what: str,
+                run: Callable[[], Any], check: Callable[[], None] | None = None) -> int:
+    """A flow's command line: ``check`` (bad input raises), then ``run`` (the flow, returning
+    its final state) under the checkout's run lock and the reaper, signals raising; returns the
+    exit status (module docstring). Shared by ``python -m flows`` and ``python -m flows.study``."""
     from components.errors import PipelineError
     from components.process_guard import Terminated, signals_raise, start_reaper
     from components.run_lock import run_lock
 
-    command = " ".join(["python -m flows", *(sys.argv[1:] if argv is None else argv)])
     try:
-        with signals_raise(), run_lock(project, command, wait_s=args.wait):
+        if check is not None:
+            check()  # before Prefect starts
+        with signals_raise(), run_lock(project, command, wait_s=wait_s):
             start_reaper()  # before Prefect starts its API server: every child carries the marker
             prepare_environment(project)
-            return run_flow(args, project)
-    except PipelineError as err:  # another run holds the checkout
+            return exit_status(run, what)
+    except PipelineError as err:  # bad input, or another run holds the checkout
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Terminated as stop:
-        print(f"error: pipeline {stop}; its stage processes were stopped", file=sys.stderr)
+        print(f"error: {what} {stop}; its processes were stopped", file=sys.stderr)
         return int(stop.code)
 
 
-def run_flow(args: argparse.Namespace, project: Path) -> int:
+def exit_status(run: Callable[[], Any], what: str) -> int:
+    """Run the flow (``run`` returns its final state) and turn how it ended into an exit status;
+    a stopping signal raises :class:`Terminated`."""
     from prefect.exceptions import TerminationSignal
 
     from components.process_guard import Terminated
-    from flows.pipeline import simclr_pipeline  # after the environment: Prefect reads it on import
 
     hide_bad_input_tracebacks()
     # MLflow's own handler would print "Creating initial MLflow database tables..." in its own
     # format (a second timestamp) when the flow opens a new store
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     try:
-        state = simclr_pipeline(preset=args.preset, overrides=args.overrides,
-                                project_dir=str(project), stages=args.stages, return_state=True)
+        state = run()
     except TerminationSignal as stop:
         raise Terminated(stop.signal) from stop
     if not state.is_completed():
@@ -113,7 +131,7 @@ def run_flow(args: argparse.Namespace, project: Path) -> int:
         if bad_input:
             print(f"error: {bad_input}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        print(f"error: pipeline {state.name.lower()}: {state.message}", file=sys.stderr)
+        print(f"error: {what} {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
     return 0  # the flow's closing summary said what ran, the results and where to look
 

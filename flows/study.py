@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -72,56 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     project = Path(args.project_dir).resolve()
 
-    from components.errors import PipelineError
-    from components.process_guard import Terminated, signals_raise, start_reaper
+    from flows.__main__ import run_guarded
 
-    command = " ".join(["python -m flows.study", *(sys.argv[1:] if argv is None else argv)])
-    try:
+    def check() -> None:
         if not (project / "dvc.yaml").is_file():
             raise ConfigError(f"{project / 'dvc.yaml'}: file not found (is --project-dir a "
                               "checkout of the project?)")
-        study_config(project, args.study, args.preset, args.overrides)  # before Prefect starts
-        with signals_raise(), run_lock(project, command, wait_s=args.wait):
-            start_reaper()  # before Prefect starts its API server: every child carries the marker
-            from flows.__main__ import prepare_environment
+        study_config(project, args.study, args.preset, args.overrides)
 
-            prepare_environment(project)
-            return run_flow(args, project)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Terminated as stop:
-        print(f"error: study {stop}; its processes were stopped", file=sys.stderr)
-        return int(stop.code)
+    command = " ".join(["python -m flows.study", *(sys.argv[1:] if argv is None else argv)])
+    return run_guarded(project, command, args.wait, "study", lambda: simclr_study_state(args, project),
+                       check)
 
 
-def run_flow(args: argparse.Namespace, project: Path) -> int:
-    from prefect.exceptions import TerminationSignal
-
-    from components.process_guard import Terminated
-    from flows.__main__ import bad_input_line, failure_of, hide_bad_input_tracebacks
+def simclr_study_state(args: argparse.Namespace, project: Path) -> object:
     from flows.study import simclr_study  # this file as a module: Prefect is imported now
 
-    hide_bad_input_tracebacks()
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    try:
-        state = simclr_study(args.study, preset=args.preset, overrides=args.overrides,
-                             project_dir=str(project), return_state=True)
-    except TerminationSignal as stop:
-        raise Terminated(stop.signal) from stop
-    if not state.is_completed():
-        error = failure_of(state)
-        if isinstance(error, TerminationSignal):
-            raise Terminated(error.signal) from error
-        if isinstance(error, BaseException) and not isinstance(error, Exception):
-            raise error
-        bad_input = bad_input_line(error)
-        if bad_input:
-            print(f"error: {bad_input}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        print(f"error: study {state.name.lower()}: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return simclr_study(args.study, preset=args.preset, overrides=args.overrides,
+                        project_dir=str(project), return_state=True)
 
 
 if __name__ == "__main__":  # before the flow below: Prefect reads its settings on import
