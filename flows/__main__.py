@@ -109,6 +109,7 @@ def run_guarded(project: Path, command: str, wait_s: float, what: str,
 def exit_status(run: Callable[[], Any], what: str) -> int:
     """Run the flow (``run`` returns its final state) and turn how it ended into an exit status;
     a stopping signal raises :class:`Terminated`."""
+    import prefect.main  # noqa: F401  sets up Prefect's log handlers, which the filter below needs
     from prefect.exceptions import TerminationSignal
 
     from components.process_guard import Terminated
