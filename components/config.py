@@ -336,6 +336,9 @@ class StudyConfig(_Section):
     scale: StudyScale = "small"
     max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
     results_dir: str = "bench/results/studies"  # <results_dir>/<experiment>/results.json, ...
+    # what a trial trains: SimCLR, or the supervised reference (set per trial by a study's
+    # grid: the batch-epochs study's supervised curve; components/studies/supervised.py)
+    trial_method: Literal["simclr", "supervised"] = "simclr"
 
 
 # ----------------------------------------------------------------------------- top level

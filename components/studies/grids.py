@@ -36,6 +36,8 @@ SCALES: tuple[StudyScale, ...] = ("smoke", "small", "full")
 Overrides = Mapping[str, Any]  # {"pretrain.temperature": 0.1, ...}
 PlotKind = Literal["heatmap", "bars", "curves"]
 MOOT = "-"  # the label of an axis a level collapses
+TRIAL_METHOD = "study.trial_method"  # simclr (default) | supervised: what a trial trains
+SUPERVISED_LABEL = "supervised"
 JOINED_KEYS = ("augment.ops",)  # list values joined (not replaced) when two levels meet in a pair
 
 
@@ -172,6 +174,22 @@ def _values(key: str, values: Mapping[StudyScale, tuple[Any, ...]],
     """Levels setting ``key`` to each value, per scale (labels from ``label.format(value)``)."""
     return {scale: tuple(Level(label.format(_short(v)), {key: v}, value=float(v)) for v in vs)
             for scale, vs in values.items()}
+
+
+def _with_supervised(levels: dict[StudyScale, tuple[Level, ...]],
+                     supervised: Mapping[StudyScale, tuple[int, ...]]
+                     ) -> dict[StudyScale, tuple[Level, ...]]:
+    """The batch levels, then the supervised reference's rows at the batch sizes
+    ``supervised`` lists per scale (``study.trial_method: supervised``)."""
+    return {scale: (*found, *(Level(f"{SUPERVISED_LABEL}, batch {batch}",
+                                    {"pretrain.batch_size": batch, TRIAL_METHOD: "supervised"},
+                                    value=float(batch)) for batch in supervised[scale]))
+            for scale, found in levels.items()}
+
+
+def is_supervised(level: Level) -> bool:
+    """Whether ``level`` makes its trials the supervised reference."""
+    return level.overrides.get(TRIAL_METHOD) == "supervised"
 
 
 def _short(value: Any) -> str:
@@ -325,10 +343,14 @@ BATCH_EPOCHS = Study(
     caveat="The learning rate follows pretrain.optim.lr_scaling (sqrt in params.yaml, the "
            "paper's rule for small batches); the small grid has batches of 128-512 and 2-16 "
            "epochs of the study preset's 6,000-image sample (the paper: 256-8192, 100-800 "
-           "epochs of ImageNet).",
-    axes=(Axis("batch", "batch size", _values("pretrain.batch_size", {
+           "epochs of ImageNet). The 'supervised' rows (dashed) train the same encoder from "
+           "random init on the labels of as many images (outside the validation split) for "
+           "the same batch and epochs, with the fine-tuning recipe at a linearly scaled "
+           "learning rate; their encoders get the same linear probe.",
+    axes=(Axis("batch", "batch size", _with_supervised(_values("pretrain.batch_size", {
               "smoke": (32, 64), "small": (128, 256, 512),
-              "full": (256, 512, 1024, 2048, 4096, 8192)}, "batch {}")),
+              "full": (256, 512, 1024, 2048, 4096, 8192)}, "batch {}"),
+              {"smoke": (32,), "small": (128, 512), "full": (256, 8192)})),
           Axis("epochs", "epochs", _values("pretrain.epochs", {
               "smoke": (1, 2), "small": (2, 4, 8, 16), "full": (100, 200, 400, 800)},
               "epochs {}"))),
@@ -346,4 +368,5 @@ def study_named(name: str) -> Study:
     return STUDIES[name]
 
 
-__all__ = ["SCALES", "STUDIES", "Axis", "Level", "Study", "Trial", "study_named"]
+__all__ = ["SCALES", "STUDIES", "TRIAL_METHOD", "Axis", "Level", "Study", "Trial",
+           "is_supervised", "study_named"]

@@ -54,6 +54,15 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any], name: str = ""
         raise ConfigError(f"trial {name!r}: {err}") from None
 
 
+def _not_digested(cfg: PipelineConfig) -> tuple[str, ...]:
+    """Keys that change neither what a trial trains nor how it is scored (a supervised
+    trial trains with the fine-tuning recipe: ``evaluate.finetune`` counts for it)."""
+    scoring = NOT_SCORING_KEYS
+    if cfg.study.trial_method == "supervised":
+        scoring = tuple(key for key in scoring if key != "evaluate.finetune")
+    return (*(f"pretrain.{key}" for key in NOT_TRAINING_KEYS), *scoring)
+
+
 @dataclass(frozen=True)
 class PlannedTrial:
     """A trial, what it sets over the base (its overrides and its ``seed``) and the result."""
@@ -82,9 +91,9 @@ class StudyPlan:
             overrides = {**trial.overrides, "seed": base.seed + trial.seed}
             planned.append(PlannedTrial(trial, overrides,
                                         trial_config(dumped, overrides, trial.name)))
-        exclude = (*(f"pretrain.{key}" for key in NOT_TRAINING_KEYS), *NOT_SCORING_KEYS)
         digests = [[item.trial.name, item.config.digest(*TRAINING_SECTIONS, *SCORED_SECTIONS,
-                                                        exclude=exclude)] for item in planned]
+                                                        exclude=_not_digested(item.config))]
+                   for item in planned]
         blob = json.dumps({"trials": digests, "data": content_hash}, sort_keys=True).encode()
         key = hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
         return cls(study, scale, base, tuple(planned), f"{study.name}-{scale}-{key}")

@@ -25,15 +25,18 @@ from typing import Any
 import numpy as np
 
 from components.io import write_json
-from components.studies.grids import MOOT, Study, Trial
+from components.studies.grids import MOOT, Study, Trial, is_supervised
 from components.studies.plan import StudyPlan
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 # Columns of the per-trial table (shown when any trial has them), as (metric, header).
 TRIAL_COLUMNS = (("linear_val_top1", "linear h (val)"), ("linear_z_val_top1", "linear z (val)"),
-                 ("knn_val_top1", "kNN h (val)"), ("final_contrastive_acc", "contrastive acc"),
+                 ("knn_val_top1", "kNN h (val)"),
+                 ("supervised_val_top1", "supervised classifier (val)"),
+                 ("final_contrastive_acc", "contrastive acc"),
                  ("final_loss", "final loss"), ("epochs_trained", "epochs"),
-                 ("pretrain_cpu_s", "pretrain CPU s"), ("evaluate_s", "probe s"))
+                 ("pretrain_cpu_s", "pretrain CPU s"), ("supervised_s", "supervised s"),
+                 ("evaluate_s", "probe s"))
 
 
 @dataclass(frozen=True)
@@ -218,8 +221,11 @@ def plot_study(study: Study, plan: StudyPlan, records: Sequence[TrialRecord], pa
     else:  # curves: x = the second axis's numeric levels, one line per first-axis level
         x_axis = study.axes[1]
         x_values = {level.label: level.value for level in x_axis.levels[plan.scale]}
+        supervised = {level.label for level in study.axes[0].levels[plan.scale]
+                      if is_supervised(level)}
         for row in rows:
-            for metric, style in ((study.metric, "-"),
+            line = "--" if row in supervised else "-"  # the supervised reference: dashed
+            for metric, style in ((study.metric, line),
                                   *((("linear_z_val_top1", "--"),) if study.probe_z else ())):
                 points = [(x_values[c], 100 * by_labels[(row, c)].means.get(metric, np.nan))
                           for c in columns if (row, c) in by_labels and c in x_values]

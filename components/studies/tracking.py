@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 STUDY_TAG, EXPERIMENT_TAG, ROLE_TAG = "study", "study_experiment", "study_role"
 TRIAL_TAG, STATUS_TAG, LOGGED_TAG = "study_trial", "study_trial_status", "study_trial_logged"
-EPOCH_KEYS = ("loss", "contrastive_acc", "lr", "epoch_time_s", "epoch_cpu_s")
+# per-epoch curves: pretraining's rows, and a supervised trial's (loss, train_top1, val_top1)
+EPOCH_KEYS = ("loss", "contrastive_acc", "lr", "epoch_time_s", "epoch_cpu_s", "train_top1",
+              "val_top1")
 RUN_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "error": "FAILED"}
 
 

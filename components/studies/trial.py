@@ -120,6 +120,7 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
     from components.evaluation.device import EvalRuntime
     from components.models.simclr import build_simclr_model
     from components.studies.probe import probe_trial
+    from components.studies.supervised import SUPERVISED, train_supervised
     from components.training.local_runner import run_local_pretraining
 
     dataset = CanonicalDataset(job.dataset)
@@ -127,9 +128,11 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
     device = torch.device("cuda" if cfg.ray.use_gpu and torch.cuda.is_available() else "cpu")
     history: list[dict[str, Any]] = list(restored.history) if restored is not None else []
     progress = progress_logger()
+    supervised = cfg.study.trial_method == SUPERVISED
+    doing = ("supervised training (random init)" if supervised else
+             f"resuming at epoch {restored.epoch} of" if restored is not None else "training")
     progress.info("study %s, trial %d/%d %r: %s %d epochs of %d images on %s", job.study,
-                job.index, job.count, job.name,
-                f"resuming at epoch {restored.epoch} of" if restored is not None else "training",
+                job.index, job.count, job.name, doing,
                 cfg.pretrain.epochs, train_count(cfg, len(dataset.split("train"))), device)
 
     def on_epoch(metrics: dict[str, float], state: Any) -> None:
@@ -138,19 +141,25 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
 
     started = time.perf_counter()
     status, error, metrics = FINISHED, "", {}
-    try:
-        outcome = run_local_pretraining(cfg, job.dataset, restored=restored, report=on_epoch,
-                                        device=device, log_every=LOG_EVERY)
-        history = outcome.history
-    except FloatingPointError as err:  # a loss that is not finite: the trial's result
-        outcome, status, error = None, DIVERGED, str(err)
+    runtime = EvalRuntime(device, cfg.pretrain.precision == "bf16", cfg.pretrain.channels_last)
+    model = None
+    if supervised:  # the reference: labels, no pretraining
+        model, history, supervised_metrics = train_supervised(cfg, dataset, val, runtime)
+        metrics.update(supervised_metrics)
+    else:
+        try:
+            outcome = run_local_pretraining(cfg, job.dataset, restored=restored,
+                                            report=on_epoch, device=device, log_every=LOG_EVERY)
+            history = outcome.history
+            height, _, channels = dataset.image_shape
+            model = build_simclr_model(cfg.model, in_channels=channels, image_size=height)
+            model.load_state_dict(outcome.model_state)
+            model = runtime.place(model)
+        except FloatingPointError as err:  # a loss that is not finite: the trial's result
+            status, error = DIVERGED, str(err)
     evaluate_start = time.perf_counter()
-    if outcome is not None:
-        height, _, channels = dataset.image_shape
-        model = build_simclr_model(cfg.model, in_channels=channels, image_size=height)
-        model.load_state_dict(outcome.model_state)
-        runtime = EvalRuntime(device, cfg.pretrain.precision == "bf16", cfg.pretrain.channels_last)
-        metrics.update(probe_trial(runtime.place(model), dataset, val, cfg, runtime, job.probe_z))
+    if model is not None:
+        metrics.update(probe_trial(model, dataset, val, cfg, runtime, job.probe_z))
     done = time.perf_counter()
     last = history[-1] if history else {}
     metrics.update({
@@ -168,7 +177,8 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
     summary = {"study": job.study, "trial": job.name, "status": status, "error": error,
                "metrics": metrics, "history": [_plain_row(row) for row in history],
                "overrides": job.overrides}
-    return summary, (outcome.model_state if outcome is not None else None)
+    weights = None if model is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return summary, weights
 
 
 def report_epoch(metrics: dict[str, float], state: Any) -> None:
