@@ -37,7 +37,7 @@ Overrides = Mapping[str, Any]  # {"pretrain.temperature": 0.1, ...}
 PlotKind = Literal["heatmap", "bars", "curves"]
 MOOT = "-"  # the label of an axis a level collapses
 TRIAL_METHOD = "study.trial_method"  # simclr (default) | supervised: what a trial trains
-SUPERVISED_LABEL = "supervised"
+SUPERVISED = "supervised"  # that key's value for the supervised reference (and its rows' label)
 JOINED_KEYS = ("augment.ops",)  # list values joined (not replaced) when two levels meet in a pair
 
 
@@ -181,15 +181,15 @@ def _with_supervised(levels: dict[StudyScale, tuple[Level, ...]],
                      ) -> dict[StudyScale, tuple[Level, ...]]:
     """The batch levels, then the supervised reference's rows at the batch sizes
     ``supervised`` lists per scale (``study.trial_method: supervised``)."""
-    return {scale: (*found, *(Level(f"{SUPERVISED_LABEL}, batch {batch}",
-                                    {"pretrain.batch_size": batch, TRIAL_METHOD: "supervised"},
+    return {scale: (*found, *(Level(f"{SUPERVISED}, batch {batch}",
+                                    {"pretrain.batch_size": batch, TRIAL_METHOD: SUPERVISED},
                                     value=float(batch)) for batch in supervised[scale]))
             for scale, found in levels.items()}
 
 
 def is_supervised(level: Level) -> bool:
     """Whether ``level`` makes its trials the supervised reference."""
-    return level.overrides.get(TRIAL_METHOD) == "supervised"
+    return level.overrides.get(TRIAL_METHOD) == SUPERVISED
 
 
 def _short(value: Any) -> str:
@@ -368,5 +368,5 @@ def study_named(name: str) -> Study:
     return STUDIES[name]
 
 
-__all__ = ["SCALES", "STUDIES", "TRIAL_METHOD", "Axis", "Level", "Study", "Trial",
+__all__ = ["SCALES", "STUDIES", "SUPERVISED", "TRIAL_METHOD", "Axis", "Level", "Study", "Trial",
            "is_supervised", "study_named"]

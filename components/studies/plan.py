@@ -21,7 +21,7 @@ from typing import Any
 
 from components.config import PipelineConfig, StudyScale, config_from_dict, deep_merge
 from components.errors import ConfigError
-from components.studies.grids import Study, Trial
+from components.studies.grids import SUPERVISED, Study, Trial
 from components.training.loop import NOT_TRAINING_KEYS, TRAINING_SECTIONS
 
 NO_MONITOR: dict[str, Any] = {"pretrain.knn_every": 0}
@@ -58,7 +58,7 @@ def _not_digested(cfg: PipelineConfig) -> tuple[str, ...]:
     """Keys that change neither what a trial trains nor how it is scored (a supervised
     trial trains with the fine-tuning recipe: ``evaluate.finetune`` counts for it)."""
     scoring = NOT_SCORING_KEYS
-    if cfg.study.trial_method == "supervised":
+    if cfg.study.trial_method == SUPERVISED:
         scoring = tuple(key for key in scoring if key != "evaluate.finetune")
     return (*(f"pretrain.{key}" for key in NOT_TRAINING_KEYS), *scoring)
 

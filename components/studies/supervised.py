@@ -26,8 +26,6 @@ from components.data.store import CanonicalDataset
 from components.evaluation.device import EvalRuntime
 from components.models.simclr import SimCLRModel
 
-SUPERVISED = "supervised"
-
 
 def supervised_recipe(cfg: PipelineConfig) -> FinetuneConfig:
     """The fine-tuning recipe at the trial's batch size and epochs, lr scaled linearly."""
@@ -82,4 +80,4 @@ def train_supervised(cfg: PipelineConfig, dataset: CanonicalDataset, val: np.nda
     return runtime.place(model).eval(), history, metrics
 
 
-__all__ = ["SUPERVISED", "supervised_recipe", "supervised_rows", "train_supervised"]
+__all__ = ["supervised_recipe", "supervised_rows", "train_supervised"]

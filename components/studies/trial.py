@@ -31,7 +31,7 @@ import torch
 
 from components.config import PipelineConfig
 from components.io import write_json
-from components.studies.grids import Trial
+from components.studies.grids import SUPERVISED, Trial
 from components.studies.report import TrialRecord
 from components.training.loop import progress_logger, train_count
 
@@ -120,7 +120,7 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
     from components.evaluation.device import EvalRuntime
     from components.models.simclr import build_simclr_model
     from components.studies.probe import probe_trial
-    from components.studies.supervised import SUPERVISED, train_supervised
+    from components.studies.supervised import train_supervised
     from components.training.local_runner import run_local_pretraining
 
     dataset = CanonicalDataset(job.dataset)
