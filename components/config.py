@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.errors import ConfigError
 
+Precision = Literal["auto", "fp32", "bf16"]  # resolved per device: components/precision.py
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -206,7 +208,7 @@ class PretrainConfig(_Section):
     # with max_images: None trains on the first max_images training images; a seed, on a
     # seeded random sample of max_images of them (the study preset)
     subset_seed: int | None = None
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     channels_last: bool = False
     checkpoint_every: int = Field(1, gt=0)  # epochs
     knn_every: int = Field(5, ge=0)  # epochs; 0 disables the kNN monitor

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from components.errors import ConfigError
+from components.precision import resolve_precision
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -36,8 +37,10 @@ class EvalRuntime:
     channels_last: bool = False  # models and input batches in NHWC memory order
 
     @classmethod
-    def of(cls, cfg) -> EvalRuntime:  # noqa: ANN001 - PipelineConfig (import kept light)
-        return cls(resolve_device(cfg.evaluate.device), cfg.pretrain.precision == "bf16",
+    def of(cls, cfg, device: torch.device | None = None) -> EvalRuntime:  # noqa: ANN001 - PipelineConfig
+        """The runtime of ``cfg`` on ``device`` (default: ``evaluate.device`` resolved)."""
+        device = resolve_device(cfg.evaluate.device) if device is None else device
+        return cls(device, resolve_precision(cfg.pretrain.precision, device) == "bf16",
                    cfg.pretrain.channels_last)
 
     def autocast(self) -> AbstractContextManager:

@@ -141,7 +141,7 @@ def run_trial(job: TrialJob, cfg: PipelineConfig, restored: Any,
 
     started = time.perf_counter()
     status, error, metrics = FINISHED, "", {}
-    runtime = EvalRuntime(device, cfg.pretrain.precision == "bf16", cfg.pretrain.channels_last)
+    runtime = EvalRuntime.of(cfg, device)
     model = None
     if supervised:  # the reference: labels, no pretraining
         model, history, supervised_metrics = train_supervised(cfg, dataset, val, runtime)

@@ -33,6 +33,7 @@ from components.config import PipelineConfig
 from components.data.store import CanonicalDataset
 from components.errors import ConfigError
 from components.logs import progress_log_format
+from components.precision import resolve_precision
 from components.training.checkpointing import TrainingState, capture_rng, restore_rng
 from components.training.sampling import (
     epoch_permutation,
@@ -230,8 +231,13 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     second_augment = None if second_ops is None else SimCLRAugment(
         cfg.augment.model_copy(update={"ops": second_ops, "second_view_ops": None}),
         image_size=height, channels=channels)
-    train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, pre.precision,
+    precision = resolve_precision(pre.precision, device)
+    train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, precision,
                            pre.channels_last, loss=pre.loss, second_augment=second_augment)
+    if rank == 0:
+        logger.info("%d epochs x %d steps of %d images on %d %s worker(s), %s%s",
+                    pre.epochs, steps_per_epoch, pre.batch_size, world, device.type, precision,
+                    ", channels-last" if pre.channels_last else "")
     rows = training_subset(pre.subset_seed, pre.max_images, len(train))
     log_every = log_every or max(1, (steps_per_epoch + 1) // 2)  # one line, at half-way
     run_start, run_start_step = time.perf_counter(), step

@@ -51,8 +51,7 @@ def knn_monitor(encoder: nn.Module, dataset: CanonicalDataset, cfg: PipelineConf
     height, _, channels = dataset.image_shape
     bank, queries = knn_samples(dataset, cfg)
     train, queried = dataset.split("train"), dataset.split(monitor_split(dataset))
-    runtime = EvalRuntime(next(encoder.parameters()).device, cfg.pretrain.precision == "bf16",
-                          cfg.pretrain.channels_last)
+    runtime = EvalRuntime.of(cfg, next(encoder.parameters()).device)
     common = (runtime, cfg.evaluate.batch_size, channels, height)
     bank_h = batched_forward(encoder, train, bank, *common)
     query_h = batched_forward(encoder, queried, queries, *common)
