@@ -40,6 +40,7 @@ from components.augment import SimCLRAugment
 from components.config import AugmentConfig, ModelConfig, OptimConfig
 from components.models.simclr import build_simclr_model
 from components.optim import WarmupCosine, build_optimizer, peak_lr
+from components.precision import cpu_flags
 from components.training.step import TrainStep
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
@@ -75,13 +76,6 @@ int main(int argc, char **argv) {
   return 0;
 }
 """
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def fma_kernel(lanes: int, workdir: Path) -> Path | None:

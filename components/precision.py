@@ -3,8 +3,8 @@
 ``fp32`` and ``bf16`` are taken as given; ``auto`` resolves per device, on the machine that
 runs the work (a Ray worker on a GPU node resolves for its GPU): bf16 on a CUDA device that
 supports it and on a CPU with native bf16 arithmetic (the ``avx512_bf16`` or ``amx_bf16``
-flags: oneDNN's bf16 convolutions ran 1.5x the fp32 rate in pretraining on such a CPU,
-docs/benchmarks.md), fp32 elsewhere (an AVX2 CPU would emulate bf16, slower than fp32).
+flags; with channels-last, pretraining on such a CPU ran 1.5x fp32 NCHW, about what fp32
+channels-last alone gave: docs/benchmarks.md), fp32 elsewhere (an AVX2 CPU would emulate bf16).
 Under bf16 only the forward passes run under autocast; losses and outputs stay float32.
 """
 
