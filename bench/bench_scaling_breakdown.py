@@ -73,6 +73,7 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
     from components.optim import WarmupCosine, build_optimizer, peak_lr
     from components.training.loop import build_model
     from components.training.sampling import step_generator
+    from components.precision import resolve_precision
     from components.training.step import TrainStep
 
     torch.set_num_threads(variant.get("threads", 1))
@@ -89,13 +90,16 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
     images = next(iter_images(FMNIST / "train-images-idx3-ubyte.gz", batch=per_rank * (steps + 2)))
     images = np.ascontiguousarray(images).reshape(-1, 28, 28, 1)
     model = build_model(cfg, 1, 28, world if communicating else 1, torch.device("cpu"))
+    if pre.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, pre.optim, pre.batch_size)
     schedule = WarmupCosine.from_epochs(peak_lr(pre.optim, pre.batch_size), 1, 10, 100)
     net = model
     if communicating:
         net = nn.parallel.DistributedDataParallel(
             model, broadcast_buffers=variant.get("broadcast_buffers", not cfg.model.global_bn))
-    step = TrainStep(net, optimizer, schedule, SimCLRAugment(cfg.augment, 28, 1), pre.temperature)
+    step = TrainStep(net, optimizer, schedule, SimCLRAugment(cfg.augment, 28, 1), pre.temperature,
+                     resolve_precision(pre.precision, torch.device("cpu")), pre.channels_last)
     bn_seconds = [0.0]
     layers = [m for m in model.modules() if isinstance(m, global_bn.GlobalBatchNorm)]
     if variant.get("collective") == "gloo":  # the statistics through torch.distributed instead

@@ -38,71 +38,82 @@ def _world_size() -> int:
 
 
 class _GlobalBatchNormFunction(torch.autograd.Function):
-    """Train-mode BatchNorm over all ranks' samples, with native CPU kernels for the heavy passes.
+    """Train-mode BatchNorm over all ranks' samples, on native kernels in the input's dtype.
 
-    Forward: per-rank sums of x and x^2 (:func:`_channel_sums`), ONE all-reduce of them and the
-    count, combined in float64, then the normalisation by the global statistics
-    (``F.batch_norm`` in eval form, one native pass).
+    Forward: this rank's per-channel sums of x and x^2 (:func:`_channel_sums`, float64), ONE
+    all-reduce of them and the count, then the normalisation by the global statistics
+    (``F.batch_norm`` in eval form: one native pass, bf16 in and out under autocast, fp32 math).
     Backward: the local ``sum(dy)`` and ``sum(dy * xhat)`` (one native BN-backward pass), ONE
-    all-reduce of both, then ``dx`` with the global means. The weight and bias gradients stay
-    local sums: DistributedDataParallel averages them like every other parameter gradient.
+    all-reduce of both, then ``dx = scale * dy + (-scale mean(dy xhat) xhat - scale mean(dy))``:
+    the bracket is again ``F.batch_norm`` of x (one pass), the sum one ``addcmul_`` (fp32 math,
+    one rounding to the input's dtype). The weight and bias gradients stay local sums: DistributedDataParallel averages them
+    like every other parameter gradient.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None,  # noqa: ANN001
                 eps: float, sum_over_ranks: SumFn) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        xf = x.float()
         channels = x.shape[1]
-        n = float(x.numel() // channels)
-        stats = sum_over_ranks(torch.cat([*_channel_sums(xf),
-                                          torch.full((1,), n, device=x.device)]))
-        # E[x^2] - E[x]^2 in float64: the fp32 sums carry ~1e-7 relative error, the
-        # subtraction would otherwise amplify it by E[x^2] / var
-        total = stats[-1:].double()
-        mean = stats[:channels].double() / total
-        var = (stats[channels:2 * channels].double() / total - mean.square()).clamp_min(0.0)
+        count = torch.full((1,), float(x.numel() // channels), dtype=torch.float64,
+                           device=x.device)
+        stats = sum_over_ranks(torch.cat([_channel_sums(x), count]))
+        # E[x^2] - E[x]^2 in float64: the subtraction amplifies the sums' relative error by
+        # E[x^2] / var, so the sums must not be rounded to float32 first
+        total = stats[-1:]
+        mean = stats[:channels] / total
+        var = (stats[channels:2 * channels] / total - mean.square()).clamp_min(0.0)
         mean, var, total = mean.float(), var.float(), total[0].float()
-        y = F.batch_norm(xf, mean, var, weight, bias, training=False, eps=eps)
-        invstd = torch.rsqrt(var + eps)
-        ctx.save_for_backward(xf, weight, mean, invstd, total)
-        ctx.input_dtype, ctx.sum_over_ranks = x.dtype, sum_over_ranks
+        y = F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+        ctx.save_for_backward(x, weight, mean, var, total)
+        ctx.eps, ctx.sum_over_ranks = eps, sum_over_ranks
         ctx.mark_non_differentiable(mean, var, total)
-        return y.to(x.dtype), mean, var, total
+        return y, mean, var, total
 
     @staticmethod
     def backward(ctx, dy: Tensor, *_: Tensor):  # noqa: ANN001, ANN205
-        xf, weight, mean, invstd, total = ctx.saved_tensors
-        dyf = dy.float().contiguous(memory_format=_memory_format(xf))
-        channels = xf.shape[1]
-        ones = torch.ones(channels, device=xf.device)
+        x, weight, mean, var, total = ctx.saved_tensors
+        dy = dy.contiguous(memory_format=_memory_format(x))
+        channels = x.shape[1]
+        ones = torch.ones(channels, device=x.device)
+        invstd = torch.rsqrt(var + ctx.eps)
         # local sum(dy * xhat) and sum(dy), xhat normalised by the GLOBAL mean and invstd
         _, dw_local, db_local = torch.ops.aten.native_batch_norm_backward(
-            dyf, xf, ones, None, None, mean, invstd, True, 0.0, [False, True, True])
+            dy, x, ones, None, None, mean, invstd, True, 0.0, [False, True, True])
         sums = ctx.sum_over_ranks(torch.cat([db_local, dw_local]))
         mean_dy, mean_dy_xhat = sums[:channels] / total, sums[channels:] / total
         scale = invstd * (weight.float() if weight is not None else ones)
-        shape = (1, channels) + (1,) * (xf.dim() - 2)
         # dx = scale (dy - mean(dy) - xhat mean(dy xhat)), xhat = (x - mean) invstd
-        slope = (scale * invstd * mean_dy_xhat).view(shape)
-        dx = dyf * scale.view(shape)
-        dx.addcmul_(xf, slope, value=-1.0)
-        dx.add_((slope.flatten() * mean - scale * mean_dy).view(shape))
+        dx = F.batch_norm(x, mean, var, -scale * mean_dy_xhat, -scale * mean_dy,
+                          training=False, eps=ctx.eps)
+        # scale in dy's dtype: a mixed bf16/fp32 addcmul_ takes a slow path (~20x on CPU); for
+        # bf16 that rounds scale by at most 2^-9 relative, the precision dx is stored in anyway
+        dx.addcmul_(dy, scale.to(dy.dtype).view((1, channels) + (1,) * (x.dim() - 2)))
         dw = dw_local.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_local.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        return dx.to(ctx.input_dtype), dw, db, None, None
+        return dx, dw, db, None, None
 
 
-def _channel_sums(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel sum and sum of squares of ``x: (N, C, *)``, each (C,).
+def _channel_sums(x: Tensor) -> Tensor:
+    """This rank's per-channel sums of x and of x^2 for ``x: (N, C, *)``, as float64 (2C,).
 
-    Reduces the contiguous inner dims first (NCHW): several times faster on CPU than one
-    reduction over (0, 2, 3) or ``torch.var_mean``, which take a generic strided path.
+    Channels innermost (channels-last, or (N, C)): one native mean/variance pass in float32
+    (``batch_norm_update_stats``, which keeps bf16 statistics for bf16 input, hence the cast).
+    Contiguous NCHW: the contiguous inner dims first, several times faster on CPU than one
+    reduction over (0, 2, 3), ``torch.var_mean`` or that native pass, which take strided paths.
     """
-    if x.dim() > 2 and x.is_contiguous():
-        flat = x.flatten(2)
-        return flat.sum(2).sum(0), torch.linalg.vector_norm(flat, dim=2).square().sum(0)
-    dims = [0, *range(2, x.dim())]
-    return x.sum(dims), (x * x).sum(dims)
+    xf = x.float()
+    rows = xf.numel() // xf.shape[1]
+    if xf.dim() == 2 or _memory_format(xf) is torch.channels_last:
+        mean, var = (t.double() for t in
+                     torch.ops.aten.batch_norm_update_stats(xf, None, None, 0.0))
+        return torch.cat([mean * rows, (var + mean.square()) * rows])
+    if xf.dim() > 2 and xf.is_contiguous():
+        flat = xf.flatten(2)
+        sums = flat.sum(2).sum(0), torch.linalg.vector_norm(flat, dim=2).square().sum(0)
+    else:
+        dims = [0, *range(2, xf.dim())]
+        sums = xf.sum(dims), (xf * xf).sum(dims)
+    return torch.cat(sums).double()
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
