@@ -71,9 +71,9 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
     from components.config import config_from_dict
     from components.data.idx import iter_images
     from components.optim import WarmupCosine, build_optimizer, peak_lr
+    from components.precision import resolve_precision
     from components.training.loop import build_model
     from components.training.sampling import step_generator
-    from components.precision import resolve_precision
     from components.training.step import TrainStep
 
     torch.set_num_threads(variant.get("threads", 1))
