@@ -18,6 +18,8 @@ Variants (an ablation: each removes or adds one cost):
   layer, through shared memory (``components.collectives``: both ranks on one host);
 - ``... over gloo``: the same sums through torch.distributed (gloo), as before the shared-memory
   collective (and as across hosts);
+- ``... gradients over gloo``: DDP's own gloo all-reduce of the gradients instead of the
+  shared-memory one (``components.collectives.share_gradients_in_memory``);
 - ``... no BN all-reduce``: the global-BN code path with its all-reduces skipped (local
   statistics): its compute cost apart from the synchronisation;
 - ``... + broadcast_buffers``: what DDP's per-forward buffer broadcast would add back;
@@ -54,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "2 DDP, local BN": {"world": 2, "global_bn": False},
     "2 DDP, global BN": {"world": 2},
     "2 DDP, global BN over gloo": {"world": 2, "collective": "gloo"},
+    "2 DDP, global BN, gradients over gloo": {"world": 2, "gradients": "gloo"},
     "2 DDP, global BN compute, no BN all-reduce": {"world": 2, "bn_all_reduce": False},
     "2 DDP, global BN + broadcast_buffers": {"world": 2, "broadcast_buffers": True},
     "2 DDP, global BN, 2 threads each": {"world": 2, "threads": 2},
@@ -67,7 +70,7 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
 
     import components.models.global_bn as global_bn
     from components.augment import SimCLRAugment, to_float_tensor
-    from components.collectives import all_reduce_sum
+    from components.collectives import all_reduce_sum, share_gradients_in_memory
     from components.config import config_from_dict
     from components.data.idx import iter_images
     from components.optim import WarmupCosine, build_optimizer, peak_lr
@@ -98,6 +101,8 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
     if communicating:
         net = nn.parallel.DistributedDataParallel(
             model, broadcast_buffers=variant.get("broadcast_buffers", not cfg.model.global_bn))
+        if variant.get("gradients", "shared memory") == "shared memory":
+            share_gradients_in_memory(net)
     step = TrainStep(net, optimizer, schedule, SimCLRAugment(cfg.augment, 28, 1), pre.temperature,
                      resolve_precision(pre.precision, torch.device("cpu")), pre.channels_last)
     bn_seconds = [0.0]

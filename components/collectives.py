@@ -144,6 +144,36 @@ class SharedMemorySum:
         return False
 
 
+def average_gradients(reducer: SumFn, bucket):  # noqa: ANN001, ANN201
+    """A DistributedDataParallel communication hook: the bucket's (``dist.GradBucket``) gradients
+    averaged over the ranks through ``reducer``, synchronously, as soon as the bucket is ready;
+    returns a completed ``torch.futures.Future``. Unannotated: DDP compares the annotations
+    with the classes themselves, and this module's are strings (``from __future__``)."""
+    grads = bucket.buffer()
+    reducer(grads).div_(dist.get_world_size())
+    done: torch.futures.Future[Tensor] = torch.futures.Future()
+    done.set_result(grads)
+    return done
+
+
+def share_gradients_in_memory(ddp: torch.nn.parallel.DistributedDataParallel) -> bool:
+    """Route ``ddp``'s gradient all-reduce through a :class:`SharedMemorySum` when every rank
+    shares this host (collective: every rank calls it); True if it did, else DDP keeps gloo.
+
+    For the embedded default's 0.23 M parameters DDP's gloo all-reduce cost ~18 ms of a ~150 ms
+    step on 2 cores (``bench/bench_scaling_breakdown.py``), mostly the hops through gloo's
+    threads; through shared memory it is the same float32 sums at memory-copy cost.
+    """
+    parameters = sum(p.numel() for p in ddp.module.parameters())
+    if next(ddp.module.parameters()).device.type != "cpu":
+        return False
+    reducer = SharedMemorySum.for_process_group(parameters)
+    if not isinstance(reducer, SharedMemorySum):
+        return False
+    ddp.register_comm_hook(reducer, average_gradients)
+    return True
+
+
 def segment_bytes(world: int, capacity: int) -> int:
     """Bytes of the segment: sequence numbers and pids (one cache line each), two buffers of
     ``world x capacity`` float64."""

@@ -184,6 +184,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     import torch.distributed as dist
 
     from components.augment import SimCLRAugment, to_float_tensor
+    from components.collectives import share_gradients_in_memory
     from components.optim import WarmupCosine, build_optimizer, peak_lr
     from components.training.monitor import knn_monitor
     from components.training.step import TrainStep
@@ -226,6 +227,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             forward_sync_buffers=not cfg.model.global_bn)
+        share_gradients_in_memory(net)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     second_ops = cfg.augment.second_view_ops
     second_augment = None if second_ops is None else SimCLRAugment(

@@ -1,5 +1,6 @@
 """The shared-memory sum against torch.distributed's all-reduce, in REAL processes (gloo on
-loopback): same results, bit for bit with two ranks; the fallbacks; a dead peer detected."""
+loopback): same results, bit for bit with two ranks; the fallbacks; a dead peer detected; DDP's
+gradient all-reduce through it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from components.collectives import PeerGone, SharedMemorySum, all_reduce_sum
+from components.collectives import (
+    PeerGone,
+    SharedMemorySum,
+    all_reduce_sum,
+    share_gradients_in_memory,
+)
 
 CAPACITY = 64
 
@@ -62,6 +68,28 @@ def _one_rank_dies(rank: int, world: int, port: int, out: str) -> None:
         Path(out, "rank0.json").write_text(json.dumps({"error": str(err)}))
 
 
+def _ddp_gradients(rank: int, world: int, port: int, out: str) -> None:
+    """Two DDP copies of one small model, one with its gradients through shared memory."""
+    _init(rank, world, port)
+    try:
+        grads, shared = {}, None
+        for route in ("gloo", "shared memory"):
+            torch.manual_seed(0)  # the same weights on every rank and for both routes
+            model = torch.nn.Sequential(torch.nn.Linear(5, 40), torch.nn.ReLU(),
+                                        torch.nn.Linear(40, 3))
+            ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.0005)
+            if route == "shared memory":
+                shared = share_gradients_in_memory(ddp)
+            x = torch.randn(4, 5, generator=torch.Generator().manual_seed(rank))
+            for _ in range(3):  # several steps: the hook's calls and buffers reused
+                ddp.zero_grad()
+                ddp(x).square().sum().backward()
+            grads[route] = [p.grad.tolist() for p in model.parameters()]
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"shared": shared, **grads}))
+    finally:
+        dist.destroy_process_group()
+
+
 def _spawn(fn, world: int, out: Path) -> list[dict]:
     mp.start_processes(fn, args=(world, _free_port(), str(out)), nprocs=world,
                        start_method="spawn", join=True)
@@ -77,6 +105,16 @@ def test_shared_memory_sum_equals_all_reduce(tmp_path: Path, world: int) -> None
     tolerance = 0.0 if world == 2 else 1e-2  # the values reach 1e4 * N(0, 1)
     assert all(r["max_diff"] <= tolerance for r in results), results
     assert not results[0]["segments_left"]  # the segment is unlinked once every rank mapped it
+
+
+def test_ddp_gradients_through_shared_memory_equal_ddp_over_gloo(tmp_path: Path) -> None:
+    """The communication hook averages every bucket (several: a tiny bucket cap) as gloo does."""
+    results = _spawn(_ddp_gradients, 2, tmp_path)
+    assert all(r["shared"] is True for r in results)
+    for r in results:
+        for ours, gloo in zip(r["shared memory"], r["gloo"], strict=True):
+            torch.testing.assert_close(torch.tensor(ours), torch.tensor(gloo), atol=1e-6, rtol=1e-6)
+    assert results[0]["shared memory"] == results[1]["shared memory"]  # bit-identical on ranks
 
 
 def test_dead_peer_fails_the_collective_instead_of_hanging(tmp_path: Path) -> None:
