@@ -1,7 +1,7 @@
 """Pretraining img/s by numeric format and memory order: fp32 NCHW vs fp32 channels-last vs
 ``precision: auto`` channels-last (bf16 where the CPU has bf16 arithmetic), one run.
 
-The embedded default's workload (``params.yaml``: ``small-bottleneck`` x0.5, stride-2 stem,
+The embedded default's workload (``params.yaml``: ``small-bottleneck``, stride-2 stem,
 global batch 512 over 2 Ray workers with global BN, one CPU and one torch thread each) on the
 first images of the real Fashion-MNIST files. The variants alternate, ``--rounds`` times, so a
 machine that drifts during the run drifts for all of them; each reports steady-state images/s

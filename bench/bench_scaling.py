@@ -4,7 +4,7 @@ Both runs train the same global batch (split over the workers), one torch thread
 per worker, on a slice of the real Fashion-MNIST files. Two workloads:
 - ``small``: the original one (global batch 128, 1,024 images, ``small`` encoder x0.5);
 - ``default``: the embedded default of ``params.yaml`` (global batch 512, ``small-bottleneck``
-  x0.5 with the stride-2 stem, global BN on with 2 workers), on 4,096 images.
+  x0.75 with the stride-2 stem, global BN on with 2 workers), on 4,096 images.
 Reports steady-state images/s (epochs after the first), their ratio (goal: >= 1.7x), and Ray's
 fixed costs: ``ray.init`` and the per-``fit()`` overhead (wall time minus the time spent in
 training epochs). On a shared machine it also gives the ratio by CPU seconds of the busiest
@@ -52,7 +52,7 @@ def write_slice(root: Path, n_train: int, n_test: int) -> Path:
 # workload -> (model section, global batch, training images)
 WORKLOADS: dict[str, tuple[dict[str, Any], int, int]] = {
     "small": ({"arch": "small", "width": 0.5, "stem": "auto"}, 128, 1024),
-    "default": ({}, 512, 4096),  # params.yaml's model: small-bottleneck x0.5, stride2, global BN
+    "default": ({}, 512, 4096),  # params.yaml's model: small-bottleneck x0.75, stride2, global BN
 }
 
 
