@@ -266,8 +266,8 @@ HEAD = Study(
     finding="A nonlinear head beats a linear one by about 3 points and no head by more than 10; "
             "linear evaluation on h beats z by more than 10 points; the output dimension "
             "matters little for the nonlinear head.",
-    caveat="h is the encoder's pooled output (256-d with the default encoder); 'none' trains "
-           "on h itself (z = h), so it has no output dimension.",
+    caveat="h is the encoder's pooled output (256-d with the study preset's encoder); "
+           "'none' trains on h itself (z = h), so it has no output dimension.",
     axes=(Axis("head", "projection head", {
               "smoke": (_NO_HEAD, _NONLINEAR_HEAD),
               "small": (_NO_HEAD, _LINEAR_HEAD, _NONLINEAR_HEAD),

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # preset (None: params.yaml alone) -> (image px, channels, arch, stem, h dims, head layers,
 # head hidden dims, forward GFLOP per image: low, high)
 PROMISES = {
-    None: (28, 1, "small-bottleneck", "stride2", 256, 2, 256, 0.003, 0.004),
+    None: (28, 1, "small-bottleneck", "stride2", 384, 2, 384, 0.0068, 0.0078),
     "tiny": (8, 1, "small", "cifar", 64, 2, 64, 0.0004, 0.0007),
     "gpu": (28, 1, "resnet18", "cifar", 512, 2, 512, 0.8, 1.0),
     # torchvision's ResNet-50 is 4.09 GMACs = 8.2 GFLOP at 224 px; the stride-2 3x3 stem
