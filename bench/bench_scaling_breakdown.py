@@ -20,6 +20,8 @@ Variants (an ablation: each removes or adds one cost):
   collective (and as across hosts);
 - ``... gradients over gloo``: DDP's own gloo all-reduce of the gradients instead of the
   shared-memory one (``components.collectives.share_gradients_in_memory``);
+- ``... NT-Xent gather over gloo``: torch.distributed's all-gather for the loss instead of the
+  gather through shared memory (``components.collectives.gather_by_sum``);
 - ``... no BN all-reduce``: the global-BN code path with its all-reduces skipped (local
   statistics): its compute cost apart from the synchronisation;
 - ``... + broadcast_buffers``: what DDP's per-forward buffer broadcast would add back;
@@ -57,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "2 DDP, global BN": {"world": 2},
     "2 DDP, global BN over gloo": {"world": 2, "collective": "gloo"},
     "2 DDP, global BN, gradients over gloo": {"world": 2, "gradients": "gloo"},
+    "2 DDP, global BN, NT-Xent gather over gloo": {"world": 2, "gather": "gloo"},
     "2 DDP, global BN compute, no BN all-reduce": {"world": 2, "bn_all_reduce": False},
     "2 DDP, global BN + broadcast_buffers": {"world": 2, "broadcast_buffers": True},
     "2 DDP, global BN, 2 threads each": {"world": 2, "threads": 2},
@@ -70,7 +73,7 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
 
     import components.models.global_bn as global_bn
     from components.augment import SimCLRAugment, to_float_tensor
-    from components.collectives import all_reduce_sum, share_gradients_in_memory
+    from components.collectives import all_reduce_sum, share_gradients_in_memory, shared_sum
     from components.config import config_from_dict
     from components.data.idx import iter_images
     from components.optim import WarmupCosine, build_optimizer, peak_lr
@@ -97,14 +100,17 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, pre.optim, pre.batch_size)
     schedule = WarmupCosine.from_epochs(peak_lr(pre.optim, pre.batch_size), 1, 10, 100)
-    net = model
+    net, loss_sum = model, None
     if communicating:
         net = nn.parallel.DistributedDataParallel(
             model, broadcast_buffers=variant.get("broadcast_buffers", not cfg.model.global_bn))
         if variant.get("gradients", "shared memory") == "shared memory":
             share_gradients_in_memory(net)
+        if variant.get("gather", "shared memory") == "shared memory":
+            loss_sum = shared_sum(pre.batch_size * 2 * model.head.out_dim)
     step = TrainStep(net, optimizer, schedule, SimCLRAugment(cfg.augment, 28, 1), pre.temperature,
-                     resolve_precision(pre.precision, torch.device("cpu")), pre.channels_last)
+                     resolve_precision(pre.precision, torch.device("cpu")), pre.channels_last,
+                     sum_over_ranks=loss_sum)
     bn_seconds = [0.0]
     layers = [m for m in model.modules() if isinstance(m, global_bn.GlobalBatchNorm)]
     if variant.get("collective") == "gloo":  # the statistics through torch.distributed instead

@@ -144,6 +144,31 @@ class SharedMemorySum:
         return False
 
 
+class _GatherBySum(torch.autograd.Function):
+    """All-gather as a sum: each rank's rows in a zero tensor of the gathered shape, summed over
+    the ranks (exact: x + 0). Backward: the gradients of every rank summed, this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sum_over_ranks: SumFn, rank: int,  # noqa: ANN001
+                world: int) -> Tensor:
+        rows = slice(rank * x.shape[0], (rank + 1) * x.shape[0])
+        gathered = x.new_zeros((world * x.shape[0], *x.shape[1:]))
+        gathered[rows] = x
+        ctx.rows, ctx.sum_over_ranks = rows, sum_over_ranks
+        return sum_over_ranks(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        return ctx.sum_over_ranks(grad.contiguous().clone())[ctx.rows], None, None, None
+
+
+def gather_by_sum(x: Tensor, sum_over_ranks: SumFn) -> Tensor:
+    """``x: (n, *)`` of every rank -> ``(world n, *)`` in rank order, differentiable, through
+    ``sum_over_ranks`` (a :class:`SharedMemorySum`: the NT-Xent gather without gloo's threads);
+    every rank passes the same n. Same values and gradients as torch.distributed's all-gather."""
+    return _GatherBySum.apply(x, sum_over_ranks, dist.get_rank(), dist.get_world_size())
+
+
 def average_gradients(reducer: SumFn, bucket):  # noqa: ANN001, ANN201
     """A DistributedDataParallel communication hook: the bucket's (``dist.GradBucket``) gradients
     averaged over the ranks through ``reducer``, synchronously, as soon as the bucket is ready;
@@ -164,14 +189,20 @@ def share_gradients_in_memory(ddp: torch.nn.parallel.DistributedDataParallel) ->
     step on 2 cores (``bench/bench_scaling_breakdown.py``), mostly the hops through gloo's
     threads; through shared memory it is the same float32 sums at memory-copy cost.
     """
-    parameters = sum(p.numel() for p in ddp.module.parameters())
     if next(ddp.module.parameters()).device.type != "cpu":
         return False
-    reducer = SharedMemorySum.for_process_group(parameters)
-    if not isinstance(reducer, SharedMemorySum):
+    reducer = shared_sum(sum(p.numel() for p in ddp.module.parameters()))
+    if reducer is None:
         return False
     ddp.register_comm_hook(reducer, average_gradients)
     return True
+
+
+def shared_sum(capacity: int) -> SharedMemorySum | None:
+    """:meth:`SharedMemorySum.for_process_group`, or None where the ranks do not share a host
+    (collective: every rank calls it)."""
+    reducer = SharedMemorySum.for_process_group(capacity)
+    return reducer if isinstance(reducer, SharedMemorySum) else None
 
 
 def segment_bytes(world: int, capacity: int) -> int:

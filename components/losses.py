@@ -44,6 +44,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from components.collectives import SumFn, all_reduce_sum, gather_by_sum
+
 # Added to the self-similarity logits. Any value far below every logit works (>= -1/tau with l2
 # norm; without it >= -|z|^2 / tau, far above unless |z|^2 / tau nears 1e9); a finite one keeps
 # the softmax free of inf - inf even if a row were fully masked.
@@ -56,8 +58,12 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def _gather(x: Tensor) -> Tensor:
-    """(n, D) on every rank -> (world * n, D) in rank order, differentiable."""
+def _gather(x: Tensor, sum_over_ranks: SumFn | None) -> Tensor:
+    """(n, D) on every rank -> (world * n, D) in rank order, differentiable: through
+    ``sum_over_ranks`` when given (:func:`components.collectives.gather_by_sum`), else
+    torch.distributed's all-gather."""
+    if sum_over_ranks is not None:
+        return gather_by_sum(x, sum_over_ranks)
     from torch.distributed.nn.functional import all_gather
 
     # torch 2.14 marks this gather deprecated in favour of a private (underscore) module; it is
@@ -76,12 +82,14 @@ class _Pairs(NamedTuple):
     n: int
     big_n: int
     world: int
+    sum_over_ranks: SumFn  # the collective of the loss value and the hit count
 
 
-def _pairs(z1: Tensor, z2: Tensor, l2_normalize: bool) -> _Pairs:
+def _pairs(z1: Tensor, z2: Tensor, l2_normalize: bool, sum_over_ranks: SumFn | None) -> _Pairs:
     """Similarities of this worker's 2n views with the 2N views of the global batch.
 
-    z1, z2: (n, D). Must run with autocast disabled (float32 throughout).
+    z1, z2: (n, D). Must run with autocast disabled (float32 throughout). ``sum_over_ranks``:
+    the collective to gather through (None: torch.distributed).
     """
     world, rank = _world()
     n = z1.shape[0]
@@ -90,8 +98,8 @@ def _pairs(z1: Tensor, z2: Tensor, l2_normalize: bool) -> _Pairs:
         q2 = F.normalize(z2.float(), dim=1)
     else:
         q1, q2 = z1.float(), z2.float()
-    if world > 1:
-        k1, k2 = _gather(q1), _gather(q2)
+    if world > 1:  # both views in one gather: (n, 2D) -> (N, 2D)
+        k1, k2 = _gather(torch.cat([q1, q2], dim=1), sum_over_ranks).split(q1.shape[1], dim=1)
     else:
         k1, k2 = q1, q2
     big_n = k1.shape[0]  # global N, built from actual shapes (a partial last batch is fine)
@@ -103,7 +111,7 @@ def _pairs(z1: Tensor, z2: Tensor, l2_normalize: bool) -> _Pairs:
     rows = torch.cat([local, local + big_n])  # global index of each anchor
     positives = torch.cat([local + big_n, local])  # its twin
     self_mask = F.one_hot(rows, 2 * big_n).bool()
-    return _Pairs(sims, positives, self_mask, n, big_n, world)
+    return _Pairs(sims, positives, self_mask, n, big_n, world, sum_over_ranks or all_reduce_sum)
 
 
 def _global_value(loss: Tensor, correct: Tensor, pairs: _Pairs) -> tuple[Tensor, Tensor]:
@@ -116,7 +124,7 @@ def _global_value(loss: Tensor, correct: Tensor, pairs: _Pairs) -> tuple[Tensor,
     with torch.no_grad():
         if pairs.world > 1:
             stats = torch.stack([loss.detach() * (2 * n), correct])
-            dist.all_reduce(stats)
+            pairs.sum_over_ranks(stats)
             global_loss, correct = stats[0] / (2 * big_n), stats[1]
         else:
             global_loss = loss.detach()
@@ -135,7 +143,8 @@ def _check(z1: Tensor, z2: Tensor, name: str, value: float) -> None:
 
 
 def nt_xent_with_accuracy(
-    z1: Tensor, z2: Tensor, temperature: float, *, l2_normalize: bool = True
+    z1: Tensor, z2: Tensor, temperature: float, *, l2_normalize: bool = True,
+    sum_over_ranks: SumFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NT-Xent loss and contrastive top-1 accuracy.
 
@@ -148,7 +157,7 @@ def nt_xent_with_accuracy(
     _check(z1, z2, "temperature", temperature)
     # float32 whatever autocast does: the logits reach 1/tau and the softmax needs the range.
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        pairs = _pairs(z1, z2, l2_normalize)
+        pairs = _pairs(z1, z2, l2_normalize, sum_over_ranks)
         logits = pairs.sims / temperature  # (2n, 2N)
         logits = logits.masked_fill(pairs.self_mask, SELF_MASK_LOGIT)
         loss = F.cross_entropy(logits, pairs.positives)  # mean over the 2n local anchors
@@ -183,7 +192,8 @@ def _mean_over_negatives(terms: Tensor, negatives: Tensor) -> Tensor:
 
 
 def nt_logistic_with_accuracy(
-    z1: Tensor, z2: Tensor, temperature: float, *, l2_normalize: bool = True
+    z1: Tensor, z2: Tensor, temperature: float, *, l2_normalize: bool = True,
+    sum_over_ranks: SumFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NT-Logistic loss (paper Table 2) and contrastive top-1 accuracy.
 
@@ -193,7 +203,7 @@ def nt_logistic_with_accuracy(
     """
     _check(z1, z2, "temperature", temperature)
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        pairs = _pairs(z1, z2, l2_normalize)
+        pairs = _pairs(z1, z2, l2_normalize, sum_over_ranks)
         s_pos, negatives = _positive_and_negatives(pairs)
         positive_term = -F.logsigmoid(s_pos / temperature)  # (2n,)
         negative_term = _mean_over_negatives(-F.logsigmoid(-pairs.sims / temperature), negatives)
@@ -202,7 +212,8 @@ def nt_logistic_with_accuracy(
 
 
 def margin_triplet_with_accuracy(
-    z1: Tensor, z2: Tensor, margin: float, *, l2_normalize: bool = True
+    z1: Tensor, z2: Tensor, margin: float, *, l2_normalize: bool = True,
+    sum_over_ranks: SumFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Margin triplet loss (paper Table 2) over every negative, and contrastive top-1 accuracy.
 
@@ -213,7 +224,7 @@ def margin_triplet_with_accuracy(
     """
     _check(z1, z2, "margin", margin)
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        pairs = _pairs(z1, z2, l2_normalize)
+        pairs = _pairs(z1, z2, l2_normalize, sum_over_ranks)
         s_pos, negatives = _positive_and_negatives(pairs)
         hinge = F.relu(pairs.sims - s_pos[:, None] + margin)  # (2n, 2N)
         loss = _mean_over_negatives(hinge, negatives).mean()  # mean over the 2n local anchors
@@ -237,16 +248,18 @@ def contrastive_loss_with_accuracy(
     temperature: float,
     l2_normalize: bool = True,
     margin: float = 1.0,
+    sum_over_ranks: SumFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The contrastive loss ``name`` (a key of :data:`LOSSES`) and its contrastive accuracy.
 
     z1, z2: (n, D) projections of this worker's n images. ``temperature`` is used by nt_xent
     and nt_logistic, ``margin`` by margin_triplet. Returns ``(loss, acc)``: float32 scalars over
     the global batch (module docstring). ``nt_xent`` with ``l2_normalize=True`` is exactly
-    :func:`nt_xent_with_accuracy`.
+    :func:`nt_xent_with_accuracy`. ``sum_over_ranks``: the collective for the gather and the
+    global value (a :class:`components.collectives.SharedMemorySum`; None: torch.distributed).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown contrastive loss {name!r}; expected one of {sorted(LOSSES)}")
     fn, knob = LOSSES[name]
     value = temperature if knob == "temperature" else margin
-    return fn(z1, z2, value, l2_normalize=l2_normalize)
+    return fn(z1, z2, value, l2_normalize=l2_normalize, sum_over_ranks=sum_over_ranks)

@@ -184,7 +184,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     import torch.distributed as dist
 
     from components.augment import SimCLRAugment, to_float_tensor
-    from components.collectives import share_gradients_in_memory
+    from components.collectives import SumFn, share_gradients_in_memory, shared_sum
     from components.optim import WarmupCosine, build_optimizer, peak_lr
     from components.training.monitor import knn_monitor
     from components.training.step import TrainStep
@@ -221,6 +221,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     resumed_from = start_epoch
 
     net: nn.Module = model
+    loss_sum: SumFn | None = None
     if world > 1:
         # Global BN keeps the BN buffers equal on every rank (same all-reduced statistics), so
         # DDP's per-forward broadcast of rank 0's buffers would only cost time.
@@ -228,6 +229,8 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
             model, device_ids=[device.index] if device.type == "cuda" else None,
             forward_sync_buffers=not cfg.model.global_bn)
         share_gradients_in_memory(net)
+        if device.type == "cpu":  # the loss's gather too, where the host is shared
+            loss_sum = shared_sum(pre.batch_size * 2 * model.head.out_dim)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     second_ops = cfg.augment.second_view_ops
     second_augment = None if second_ops is None else SimCLRAugment(
@@ -235,7 +238,8 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
         image_size=height, channels=channels)
     precision = resolve_precision(pre.precision, device)
     train_step = TrainStep(net, optimizer, schedule, augment, pre.temperature, precision,
-                           pre.channels_last, loss=pre.loss, second_augment=second_augment)
+                           pre.channels_last, loss=pre.loss, second_augment=second_augment,
+                           sum_over_ranks=loss_sum)
     if rank == 0:
         logger.info("%d epochs x %d steps of %d images on %d %s worker(s), %s%s",
                     pre.epochs, steps_per_epoch, pre.batch_size, world, device.type, precision,

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from components.collectives import SumFn
 from components.config import LossConfig
 from components.losses import contrastive_loss_with_accuracy
 from components.optim import set_lr
@@ -34,7 +35,9 @@ class TrainStep:
     NT-Xent with l2 norm) and ``temperature`` is its temperature (unused by the margin loss).
     ``precision="bf16"`` runs the forward pass under bf16 autocast (the loss stays float32);
     ``channels_last`` feeds the views in NHWC memory order (the model should be converted by
-    the caller). The model's train/eval mode is the caller's choice.
+    the caller). ``sum_over_ranks``: the collective of the loss's gather (a shared-memory sum
+    when every rank is on one host; None: torch.distributed). The model's train/eval mode is
+    the caller's choice.
     Raises ``FloatingPointError`` (before the optimiser step) if the loss is not finite.
     """
 
@@ -49,6 +52,7 @@ class TrainStep:
         channels_last: bool = False,
         loss: LossConfig | None = None,
         second_augment: Augment | None = None,
+        sum_over_ranks: SumFn | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -57,6 +61,7 @@ class TrainStep:
         self.second_augment = second_augment if second_augment is not None else augment
         self.precision, self.channels_last = precision, channels_last
         self.loss = loss if loss is not None else LossConfig()
+        self.sum_over_ranks = sum_over_ranks
         # Set to {} to accumulate seconds per phase (views, forward, loss, backward, optimizer).
         self.phase_seconds: dict[str, float] | None = None
 
@@ -84,7 +89,8 @@ class TrainStep:
         z1, z2 = z.float().chunk(2)  # bf16 under autocast -> float32: the loss is fp32 by design
         loss, acc = contrastive_loss_with_accuracy(
             z1, z2, self.loss.name, temperature=self.temperature,
-            l2_normalize=self.loss.l2_normalize, margin=self.loss.margin)
+            l2_normalize=self.loss.l2_normalize, margin=self.loss.margin,
+            sum_over_ranks=self.sum_over_ranks)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite SimCLR loss {loss.item()} at step {step}")
         marks.append(time.perf_counter())

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 import components.losses as losses_module
+from components.collectives import SharedMemorySum
 from components.config import LossConfig, LossName
 from components.losses import (
     LOSSES,
@@ -126,7 +127,7 @@ def frozen_nt_xent_with_accuracy(z1: Tensor, z2: Tensor, temperature: float) -> 
         q1 = F.normalize(z1.float(), dim=1)
         q2 = F.normalize(z2.float(), dim=1)
         if world > 1:
-            k1, k2 = _gather(q1), _gather(q2)
+            k1, k2 = _gather(q1, None), _gather(q2, None)  # None: torch.distributed's gather
         else:
             k1, k2 = q1, q2
         big_n = k1.shape[0]  # global N, built from actual shapes (a partial last batch is fine)
@@ -407,13 +408,15 @@ CASES = [
 ]
 
 
-def _loss_fn(case: tuple[str, bool, float, float], frozen: bool = False):
-    """``(z1, z2) -> (loss, acc)`` of a case; ``frozen``: the original NT-Xent (NT-Xent cases with l2)."""
+def _loss_fn(case: tuple[str, bool, float, float], frozen: bool = False, sum_over_ranks=None):
+    """``(z1, z2) -> (loss, acc)`` of a case; ``frozen``: the original NT-Xent (NT-Xent cases with
+    l2); ``sum_over_ranks``: the collective of the gather (None: torch.distributed)."""
     name, l2, tau, margin = case
     if frozen:
         return lambda z1, z2: frozen_nt_xent_with_accuracy(z1, z2, tau)
-    return lambda z1, z2: contrastive_loss_with_accuracy(z1, z2, name, temperature=tau,
-                                                         l2_normalize=l2, margin=margin)
+    return lambda z1, z2: contrastive_loss_with_accuracy(
+        z1, z2, name, temperature=tau, l2_normalize=l2, margin=margin,
+        sum_over_ranks=sum_over_ranks)
 
 
 def _loss_and_grads(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, loss_fn):
@@ -452,8 +455,11 @@ def _worker(rank: int, port: int, out: str, cases: list[tuple[str, bool, float, 
     try:
         x1, x2 = _views()
         part = slice(rank * N_GLOBAL // WORLD, (rank + 1) * N_GLOBAL // WORLD)
+        shared = SharedMemorySum.for_process_group(2 * N_GLOBAL * 64)
         for index, case in enumerate(cases):
             result = _ddp_loss_and_grads(x1[part], x2[part], _loss_fn(case))
+            result["shared memory"] = _ddp_loss_and_grads(
+                x1[part], x2[part], _loss_fn(case, sum_over_ranks=shared))
             result["params"] = _train(DistributedDataParallel(_net()), x1[part], x2[part],
                                       _loss_fn(case))
             if case[0] == "nt_xent" and case[1]:
@@ -465,7 +471,8 @@ def _worker(rank: int, port: int, out: str, cases: list[tuple[str, bool, float, 
 
 def test_two_gloo_workers_equal_one_worker_with_the_full_batch(tmp_path) -> None:
     """Every loss: value, DDP-averaged gradients, and parameters after 4 LARS steps under real
-    DDP. NT-Xent with l2 norm also equals, bit for bit, the original code under two workers."""
+    DDP. NT-Xent with l2 norm also equals, bit for bit, the original code under two workers;
+    every loss gathered through shared memory equals, bit for bit, the torch.distributed gather."""
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), CASES), nprocs=WORLD, join=True)
     x1, x2 = _views()
     for index, case in enumerate(CASES):
@@ -482,6 +489,11 @@ def test_two_gloo_workers_equal_one_worker_with_the_full_batch(tmp_path) -> None
             ):
                 torch.testing.assert_close(have, want, rtol=0, atol=1e-6)
                 assert (have - start).abs().max() > 1e-3, case  # the steps did move them
+            shared = got["shared memory"]
+            assert torch.equal(got["loss"], shared["loss"]), case
+            assert torch.equal(got["acc"], shared["acc"]), case
+            for have, want in zip(got["grads"], shared["grads"], strict=True):
+                assert torch.equal(have, want), case
             if "frozen" in got:
                 frozen = got["frozen"]
                 assert torch.equal(got["loss"], frozen["loss"])

@@ -176,6 +176,6 @@ def test_the_configured_loss_is_the_one_trained(loss: LossConfig,
     before = [p.detach().clone() for p in model.parameters()]
     out = step(_images(), 3, torch.Generator().manual_seed(0))
     assert calls == [(loss.name, {"temperature": 0.5, "l2_normalize": loss.l2_normalize,
-                                  "margin": loss.margin})]
+                                  "margin": loss.margin, "sum_over_ranks": None})]
     assert torch.isfinite(torch.tensor(out["loss"])) and 0.0 <= out["contrastive_acc"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
