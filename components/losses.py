@@ -23,7 +23,9 @@ global batch of one image (no negatives) the negative terms are 0.
 
 Under ``torch.distributed`` with more than one worker, the embeddings of every worker are
 gathered WITH gradients so that the negatives come from the global batch, and the positives are
-offset by the worker's rank.
+offset by the worker's rank. ``sum_over_ranks`` routes the gather and the loss value through a
+given collective instead (the training loop passes a shared-memory sum when every rank is on one
+host: :func:`components.collectives.gather_by_sum`; the same values, bit for bit).
 
 Gradient convention under data parallelism: each worker back-propagates the mean over ITS OWN
 anchors, and the gather's backward sums the contributions of every worker. After the
