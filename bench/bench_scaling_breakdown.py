@@ -73,12 +73,12 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
 
     import components.models.global_bn as global_bn
     from components.augment import SimCLRAugment, to_float_tensor
-    from components.collectives import all_reduce_sum, share_gradients_in_memory, shared_sum
+    from components.collectives import all_reduce_sum, share_gradients_in_memory
     from components.config import config_from_dict
     from components.data.idx import iter_images
     from components.optim import WarmupCosine, build_optimizer, peak_lr
     from components.precision import resolve_precision
-    from components.training.loop import build_model
+    from components.training.loop import build_model, shared_loss_sum
     from components.training.sampling import step_generator
     from components.training.step import TrainStep
 
@@ -107,7 +107,7 @@ def _worker(rank: int, variant: dict[str, Any], cfg_json: dict, port: int, steps
         if variant.get("gradients", "shared memory") == "shared memory":
             share_gradients_in_memory(net)
         if variant.get("gather", "shared memory") == "shared memory":
-            loss_sum = shared_sum(pre.batch_size * 2 * model.head.out_dim)
+            loss_sum = shared_loss_sum(model, pre.batch_size)
     step = TrainStep(net, optimizer, schedule, SimCLRAugment(cfg.augment, 28, 1), pre.temperature,
                      resolve_precision(pre.precision, torch.device("cpu")), pre.channels_last,
                      sum_over_ranks=loss_sum)

@@ -185,7 +185,7 @@ def share_gradients_in_memory(ddp: torch.nn.parallel.DistributedDataParallel) ->
     """Route ``ddp``'s gradient all-reduce through a :class:`SharedMemorySum` when every rank
     shares this host (collective: every rank calls it); True if it did, else DDP keeps gloo.
 
-    For the embedded default's 0.23 M parameters DDP's gloo all-reduce cost ~18 ms of a ~150 ms
+    For the x0.5 encoder's 0.23 M parameters DDP's gloo all-reduce cost ~18 ms of a ~150 ms
     step on 2 cores (``bench/bench_scaling_breakdown.py``), mostly the hops through gloo's
     threads; through shared memory it is the same float32 sums at memory-copy cost.
     """

@@ -47,8 +47,8 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
     Backward: the local ``sum(dy)`` and ``sum(dy * xhat)`` (one native BN-backward pass), ONE
     all-reduce of both, then ``dx = scale * dy + (-scale mean(dy xhat) xhat - scale mean(dy))``:
     the bracket is again ``F.batch_norm`` of x (one pass), the sum one ``addcmul_`` (fp32 math,
-    one rounding to the input's dtype). The weight and bias gradients stay local sums: DistributedDataParallel averages them
-    like every other parameter gradient.
+    one rounding to the input's dtype). The weight and bias gradients stay local sums:
+    DistributedDataParallel averages them like every other parameter gradient.
     """
 
     @staticmethod

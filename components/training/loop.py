@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.collectives import SharedMemorySum, SumFn, share_gradients_in_memory, shared_sum
 from components.config import PipelineConfig
 from components.data.store import CanonicalDataset
 from components.errors import ConfigError
@@ -160,7 +161,6 @@ def build_model(cfg: PipelineConfig, in_channels: int, image_size: int, world: i
     On CPU the global BN statistics go through shared memory when all ranks share this host
     (:mod:`components.collectives`; building it is collective: every rank calls this).
     """
-    from components.collectives import SharedMemorySum
     from components.models.global_bn import convert_batchnorm, max_channels
     from components.models.simclr import build_simclr_model
 
@@ -171,6 +171,12 @@ def build_model(cfg: PipelineConfig, in_channels: int, image_size: int, world: i
                           if device.type == "cpu" else None)
         model = convert_batchnorm(model, device.type, sum_over_ranks)
     return model
+
+
+def shared_loss_sum(model: nn.Module, batch_size: int) -> SumFn | None:
+    """The shared-memory sum for the loss's gather (both views of the global batch: batch_size
+    x 2 x z dims), or None where the ranks do not share a host (collective)."""
+    return shared_sum(batch_size * 2 * model.head.out_dim)
 
 
 def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerContext,
@@ -184,7 +190,6 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
     import torch.distributed as dist
 
     from components.augment import SimCLRAugment, to_float_tensor
-    from components.collectives import SumFn, share_gradients_in_memory, shared_sum
     from components.optim import WarmupCosine, build_optimizer, peak_lr
     from components.training.monitor import knn_monitor
     from components.training.step import TrainStep
@@ -230,7 +235,7 @@ def train_simclr(cfg: PipelineConfig, dataset_path: str | Path, worker: WorkerCo
             forward_sync_buffers=not cfg.model.global_bn)
         share_gradients_in_memory(net)
         if device.type == "cpu":  # the loss's gather too, where the host is shared
-            loss_sum = shared_sum(pre.batch_size * 2 * model.head.out_dim)
+            loss_sum = shared_loss_sum(model, pre.batch_size)
     augment = SimCLRAugment(cfg.augment, image_size=height, channels=channels)
     second_ops = cfg.augment.second_view_ops
     second_augment = None if second_ops is None else SimCLRAugment(
